@@ -1,0 +1,69 @@
+"""Typed, frozen values that cross the collector boundary.
+
+Units are in the names (``uptime_s``, ``latency_ms``). Everything here is immutable so a
+sample can be handed to the state machine, the store and a ticket without copying.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+PERIPHERAL_KINDS = ("camera", "microphone", "speaker", "touch_panel")
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceFacts:
+    """Identity of a device as it reports itself."""
+
+    model: str
+    firmware: str
+    serial: str
+    mac: str
+    hostname: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Peripheral:
+    """One peripheral (camera, microphone, speaker, touch panel) and whether it is connected."""
+
+    kind: str
+    name: str
+    connected: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """One service test within a poll: what was checked, whether it passed, how long it took."""
+
+    check: str
+    ok: bool
+    latency_ms: float
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSample:
+    """Everything one successful poll learned about a device."""
+
+    device_id: str
+    taken_at: datetime
+    facts: DeviceFacts
+    uptime_s: int | None = None
+    call_state: str | None = None
+    peripherals: tuple[Peripheral, ...] = ()
+    checks: tuple[CheckResult, ...] = ()
+    latency_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class LogBundle:
+    """A log archive pulled from a device and stored on disk."""
+
+    device_id: str
+    taken_at: datetime
+    path: Path
+    size_bytes: int
+    sha256: str
+    sources: tuple[str, ...] = field(default_factory=tuple)
