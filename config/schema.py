@@ -63,7 +63,8 @@ Host = Annotated[str, Field(min_length=1)]
 class AgentSettings(Strict):
     """How the agent itself runs: where it keeps data, how often and how patiently it polls."""
 
-    data_dir: Path | None = None
+    data_dir: Path | None = Field(None, description="default: the platform's user data folder")
+    profiles_dir: Path | None = Field(None, description="extra device profiles, searched before the built-in ones")
     poll_interval_s: float = Field(60.0, gt=0, le=86400)
     jitter_s: float = Field(5.0, ge=0, le=3600)
     retry_interval_s: float = Field(10.0, gt=0, le=3600)
@@ -194,9 +195,9 @@ class AgentConfig(Strict):
     """The whole agent configuration file."""
 
     agent: AgentSettings = AgentSettings()
-    sites: tuple[Site, ...] = Field(min_length=1)
+    sites: tuple[Site, ...]
     contracts: tuple[Contract, ...] = ()
-    devices: tuple[Device, ...] = Field(min_length=1)
+    devices: tuple[Device, ...]
     ticketing: Ticketing = Ticketing()
 
     def site(self, name: str) -> Site:
