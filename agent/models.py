@@ -1,0 +1,22 @@
+"""Values the agent's pipeline passes along: what one poll produced."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from collectors.models import CheckResult, HealthSample
+
+
+@dataclass(frozen=True, slots=True)
+class PollOutcome:
+    """The result of polling one device once; ``reason`` is ``ok`` or a collector error tag."""
+
+    device_id: str
+    at: datetime
+    ok: bool
+    reason: str
+    duration_s: float
+    sample: HealthSample | None = None
+    detail: str = ""
+    checks: tuple[CheckResult, ...] = field(default_factory=tuple)
