@@ -1,0 +1,196 @@
+"""The ``hezo-agent`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from config.loader import ConfigError, load_config
+from config.schema import AgentConfig
+
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", required=True, type=Path, help="the agent's YAML config")
+    parser.add_argument("--data-dir", type=Path, help="override agent.data_dir")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser for every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="hezo-agent", description="HEZO+ health agent for Yealink A20/A30 and MVC video bars"
+    )
+    parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="run a simulated fleet and the agent end to end")
+    demo.add_argument("--seconds", type=float, default=40.0, help="stop after this long (default 40)")
+    demo.add_argument("--devices", type=int, default=12, help="simulated devices (default 12)")
+    demo.add_argument("--json", action="store_true", help="print one JSON summary instead of the live table")
+
+    run = sub.add_parser("run", help="run the agent until Ctrl+C or SIGTERM")
+    _config_arg(run)
+
+    check = sub.add_parser("check", help="validate the config and probe every device once")
+    _config_arg(check)
+    check.add_argument("--json", action="store_true")
+
+    status = sub.add_parser("status", help="show each device's state as the agent last saw it")
+    _config_arg(status)
+    status.add_argument("--json", action="store_true")
+
+    tickets = sub.add_parser("tickets", help="list tickets of the local backend")
+    _config_arg(tickets)
+    tickets.add_argument("--json", action="store_true")
+    tickets.add_argument("--open", action="store_true", help="only open tickets")
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def _load(args: argparse.Namespace) -> AgentConfig:
+    config = load_config(args.config)
+    if args.data_dir is not None:
+        config = config.model_copy(update={"agent": config.agent.model_copy(update={"data_dir": args.data_dir})})
+    return config
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the agent until interrupted."""
+    from agent.daemon import Agent
+
+    config = _load(args)
+    agent = Agent(config)
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)  # defined on Windows too
+    agent.start()
+    print(f"hezo-agent: watching {len(config.devices)} devices; data in {agent.data_dir}; Ctrl+C stops")
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        agent.stop()
+    print("hezo-agent: stopped")
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Probe every device once and print what answered and what to fix."""
+    from agent.check import check_devices
+
+    config = _load(args)
+    rows = check_devices(config)
+    if args.json:
+        print(json.dumps([row.to_json() for row in rows], indent=2, ensure_ascii=False))
+    else:
+        table = Table(title=f"hezo-agent check: {args.config}")
+        for col in ("device", "model", "address", "result", "latency", "firmware", "serial", "what to do"):
+            table.add_column(col)
+        for row in rows:
+            style = "green" if row.ok else "red"
+            table.add_row(
+                row.device_id, row.model, row.address, f"[{style}]{row.result}[/{style}]",
+                f"{row.latency_ms:.0f} ms" if row.latency_ms is not None else "-",
+                row.firmware or "-", row.serial or "-", row.hint,
+            )
+        Console().print(table)
+    failed = [row for row in rows if not row.ok]
+    if failed:
+        print(f"hezo-agent: {len(failed)} of {len(rows)} devices did not pass the check", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the state the agent last recorded for each device."""
+    from agent.reports import device_status
+
+    config = _load(args)
+    rows = device_status(config)
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    table = Table(title="hezo-agent status")
+    for col in ("device", "site", "room", "model", "state", "last seen", "last result", "serial"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(
+            row["device"], row["site"], row["room"], row["model"], row["state"],
+            row["last_seen"] or "never", row["last_reason"] or "-", row["serial"] or "-",
+        )
+    Console().print(table)
+    return EXIT_OK
+
+
+def cmd_tickets(args: argparse.Namespace) -> int:
+    """List the tickets in the local backend."""
+    from agent.reports import list_tickets
+
+    config = _load(args)
+    tickets = list_tickets(config, open_only=args.open)
+    if args.json:
+        print(json.dumps(tickets, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    table = Table(title="hezo-agent tickets")
+    for col in ("id", "priority", "status", "device", "problem", "serial", "contract", "title"):
+        table.add_column(col)
+    for t in tickets:
+        table.add_row(
+            t["id"], t["priority"], t["status"], t.get("device") or "-", t.get("problem") or "-",
+            t.get("serial") or "-", t.get("contract") or "-", t["title"],
+        )
+    Console().print(table)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the end-to-end demo on a simulated fleet."""
+    from agent.demo import run_demo
+
+    return run_demo(seconds=args.seconds, devices=args.devices, as_json=args.json)
+
+
+COMMANDS = {"run": cmd_run, "check": cmd_check, "status": cmd_status, "tickets": cmd_tickets, "demo": cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``hezo-agent``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level or ("INFO" if args.command == "run" else "WARNING"))
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as err:
+        print(err.render(), file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+    except OSError as err:
+        print(f"hezo-agent: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
+        return EXIT_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

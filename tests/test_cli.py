@@ -1,0 +1,115 @@
+"""The ``hezo-agent`` command line as an installer uses it: real processes, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from simulator.fleet import Fleet
+
+HEZO_AGENT = str(Path(sys.executable).with_name("hezo-agent"))
+
+
+def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([HEZO_AGENT, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture
+def fleet() -> Iterator[Fleet]:
+    sim = Fleet(devices=4, seed=5, net=random.randint(100, 200), port=0)
+    sim.start()
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+@pytest.fixture
+def fleet_config(fleet: Fleet, tmp_path: Path) -> Path:
+    return fleet.write_agent_config(tmp_path / "site.yaml", data_dir=tmp_path / "data", timeout_s=1.0)
+
+
+def test_missing_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    result = run("check", "-c", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "nope.yaml" in result.stderr and "file not found" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_config_names_the_key_path(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "sites:\n  - name: hq\n    address: ul. Prosta 1, Warszawa\n"
+        "    contact: {name: Jan, phone: '+48 22 000 00 00', email: jan@example.pl}\n"
+        "devices:\n  - {id: a, room: r, site: hq, model: A30, host: 'bad host!'}\n"
+    )
+    result = run("status", "-c", str(bad))
+    assert result.returncode == 2
+    assert "devices[0].host: not a valid host name or IP" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_reports_every_device_and_exits_0(fleet: Fleet, fleet_config: Path) -> None:
+    result = run("check", "-c", str(fleet_config), "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [r["device_id"] for r in rows] == [d.id for d in fleet.devices]
+    assert all(r["ok"] for r in rows)
+    assert {r["serial"] for r in rows} == {d.serial for d in fleet.devices}
+
+
+def test_check_names_the_device_that_does_not_answer(fleet: Fleet, fleet_config: Path) -> None:
+    down = fleet.devices[2]
+    fleet.fault(down.id, "offline")
+    result = run("check", "-c", str(fleet_config))
+    assert result.returncode == 1
+    assert down.id in result.stdout and "unreachable" in result.stdout
+    assert "1 of 4 devices did not pass" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_with_unset_password_variable(fleet: Fleet, tmp_path: Path) -> None:
+    cfg = tmp_path / "env.yaml"
+    data = yaml.safe_load(fleet.write_agent_config(tmp_path / "base.yaml", data_dir=tmp_path / "data").read_text())
+    for device in data["devices"]:
+        device["credentials"] = {"username": "admin", "password_env": "HEZO_TEST_UNSET_PASSWORD"}
+    cfg.write_text(yaml.safe_dump(data, allow_unicode=True))
+    result = run("check", "-c", str(cfg), "--json")
+    assert result.returncode == 1
+    rows = json.loads(result.stdout)
+    assert all("HEZO_TEST_UNSET_PASSWORD is not set" in r["hint"] for r in rows)
+
+
+def test_status_and_tickets_on_a_fresh_data_dir(fleet_config: Path) -> None:
+    status = run("status", "-c", str(fleet_config), "--json")
+    assert status.returncode == 0, status.stderr
+    assert {row["state"] for row in json.loads(status.stdout)} == {"unknown"}
+    tickets = run("tickets", "-c", str(fleet_config), "--json", "--open")
+    assert tickets.returncode == 0, tickets.stderr
+    assert json.loads(tickets.stdout) == []
+
+
+def test_demo_json_shows_one_critical_ticket_opened_and_resolved() -> None:
+    result = run("demo", "--json", "--seconds", "55", timeout=90)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["devices"] >= 10
+    assert summary["tickets_opened"] == 1
+    assert summary["tickets_resolved"] == 1
+    (ticket,) = summary["tickets"]
+    assert ticket["priority"] == "critical"
+    assert ticket["model"] == "A30"
+    assert ticket["problem"] == "offline"
+    assert ticket["status"] == "resolved"
+    assert ticket["serial"] and ticket["contract"] and ticket["device"]
+    assert ticket["attachments"]

@@ -1,0 +1,146 @@
+"""Simulator + agent + local backend: one outage → exactly one critical ticket, resolved on recovery."""
+
+from __future__ import annotations
+
+import random
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.clock import FakeClock
+from agent.daemon import Agent
+from agent.state import Health
+from config.loader import load_config
+from simulator.fleet import Fleet
+from uploader.backends.local import LocalBackend
+
+
+@pytest.fixture
+def fleet() -> Iterator[Fleet]:
+    sim = Fleet(devices=6, seed=11, net=random.randint(100, 200), port=0)
+    sim.start()
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+def make_agent(fleet: Fleet, tmp_path: Path, clock: FakeClock | None = None, **settings: float) -> Agent:
+    options = {"poll_interval_s": 60.0, "retry_interval_s": 10.0, "timeout_s": 1.0, "down_after": 3, "up_after": 2}
+    options.update(settings)
+    cfg_path = fleet.write_agent_config(tmp_path / "agent.yaml", data_dir=tmp_path / "data", language="en", **options)
+    return Agent(load_config(cfg_path), clock=clock)
+
+
+def poll_all(agent: Agent, clock: FakeClock, seconds: float) -> None:
+    for dev in agent.config.devices:
+        agent.poll_once(dev.id)
+    clock.advance(seconds)
+
+
+def local_backend(agent: Agent) -> LocalBackend:
+    assert isinstance(agent.backend, LocalBackend)
+    return agent.backend
+
+
+def test_healthy_fleet_opens_no_ticket(fleet: Fleet, tmp_path: Path) -> None:
+    clock = FakeClock()
+    agent = make_agent(fleet, tmp_path, clock)
+    try:
+        for _ in range(4):
+            poll_all(agent, clock, 60)
+        assert {s.health for s in agent.states.values()} == {Health.UP}
+        assert local_backend(agent).tickets() == []
+    finally:
+        agent.stop()
+
+
+def test_offline_a30_opens_one_critical_ticket_with_logs_and_resolves(fleet: Fleet, tmp_path: Path) -> None:
+    clock = FakeClock()
+    agent = make_agent(fleet, tmp_path, clock)
+    target = next(d for d in fleet.devices if d.model == "A30")
+    try:
+        poll_all(agent, clock, 60)  # first contact: identity, pins and the first log export
+        fleet.fault(target.id, "offline")
+        for _ in range(2):
+            agent.poll_once(target.id)
+            clock.advance(10)
+        assert local_backend(agent).tickets() == [], "two missed polls must not open a ticket"
+        for _ in range(5):  # the third miss opens it; more misses add nothing
+            agent.poll_once(target.id)
+            clock.advance(10)
+        tickets = local_backend(agent).tickets()
+        assert len(tickets) == 1
+        ticket = tickets[0]
+        assert ticket.priority == "critical"
+        assert ticket.status == "open"
+        assert ticket.fields["device"] == target.id
+        assert ticket.fields["model"] == "A30"
+        assert ticket.fields["serial"] == target.serial
+        assert ticket.fields["mac"] == target.mac
+        assert ticket.fields["firmware"] == target.firmware
+        assert ticket.fields["contract"]
+        assert ticket.fields["address"]
+        for text in (target.serial, target.mac, target.firmware, target.room, ticket.fields["contract"],
+                     ticket.fields["address"], ticket.fields["contact_phone"]):
+            assert text in ticket.body, text
+        assert target.password not in ticket.body
+        assert len(ticket.attachments) == 1
+        name, size, _sha, path = ticket.attachments[0]
+        assert name.endswith(".tar.gz") and size > 0
+        with tarfile.open(path) as archive:
+            assert archive.getnames()
+
+        fleet.clear(target.id)
+        for _ in range(3):
+            agent.poll_once(target.id)
+            clock.advance(10)
+        ticket = local_backend(agent).tickets()[0]
+        assert ticket.status == "resolved"
+        assert len(local_backend(agent).tickets()) == 1
+        assert any("recover" in c.body.lower() for c in ticket.comments)
+    finally:
+        agent.stop()
+
+
+def test_auth_failure_is_not_an_outage(fleet: Fleet, tmp_path: Path) -> None:
+    clock = FakeClock()
+    agent = make_agent(fleet, tmp_path, clock)
+    target = fleet.devices[1]
+    try:
+        poll_all(agent, clock, 60)
+        fleet.fault(target.id, "auth-fail")
+        for _ in range(5):
+            agent.poll_once(target.id)
+            clock.advance(10)
+        assert agent.last_outcomes[target.id].reason == "auth_failed"
+        assert local_backend(agent).tickets() == []
+    finally:
+        agent.stop()
+
+
+def wait_for(condition: Callable[[], bool], deadline_s: float) -> bool:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def test_scheduled_agent_detects_and_recovers_on_real_time(fleet: Fleet, tmp_path: Path) -> None:
+    agent = make_agent(fleet, tmp_path, poll_interval_s=0.3, retry_interval_s=0.1, timeout_s=0.5)
+    target = fleet.devices[0]
+    agent.start()
+    try:
+        assert wait_for(lambda: agent.states[target.id].health == Health.UP, 10)
+        fleet.fault(target.id, "offline")
+        assert wait_for(lambda: len(local_backend(agent).tickets(open_only=True)) == 1, 15)
+        fleet.clear(target.id)
+        assert wait_for(lambda: local_backend(agent).tickets()[0].status == "resolved", 15)
+        assert len(local_backend(agent).tickets()) == 1
+    finally:
+        agent.stop()
