@@ -224,6 +224,7 @@ class Agent:
         self.dispatcher.flush()
         for collector in self._collectors.values():
             collector.close()
+        self.dispatcher.close()
         self.backend.close()
         self.store.close()
         log.info("event=agent_stopped")

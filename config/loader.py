@@ -7,14 +7,28 @@ into a :class:`ConfigError`; the CLI prints them and exits with code 2.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from config.schema import AgentConfig, Credentials, Profile
+from config.messages import format_loc, validation_lines
+from config.schema import AgentConfig, Credentials, Profile, validate_id
+
+__all__ = [
+    "BUILTIN_PROFILES",
+    "DEFAULT_PROFILE",
+    "ConfigError",
+    "format_loc",
+    "load_config",
+    "load_profile",
+    "profile_name",
+    "resolve_password",
+    "validation_lines",
+]
 
 BUILTIN_PROFILES = Path(__file__).resolve().parent / "profiles"
 DEFAULT_PROFILE = {"A20": "yealink-a20", "A30": "yealink-a30", "MVC": "yealink-mvc"}
@@ -30,95 +44,112 @@ class ConfigError(Exception):
 
     def render(self) -> str:
         """Return the user-facing text: the file, then one line per problem."""
-        head = f"config error in {self.source}:" if len(self.lines) > 1 else f"config error in {self.source}: "
         if len(self.lines) == 1:
-            return head + self.lines[0]
-        return head + "\n" + "\n".join(f"  {line}" for line in self.lines)
+            return f"config error in {self.source}: {self.lines[0]}"
+        return f"config error in {self.source}:\n" + "\n".join(f"  {line}" for line in self.lines)
 
 
-def format_loc(loc: Iterable[int | str]) -> str:
-    """Turn a pydantic location tuple into ``devices[3].host``."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
+# --- YAML --------------------------------------------------------------------------------
 
 
-def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Walk ``model`` along ``loc`` (minus the unknown key) and list the keys allowed there."""
-    current: Any = model
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return []
-        field = current.model_fields.get(str(part))
-        if field is None:
-            return []
-        current = _inner_model(field.annotation)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML without the YAML 1.1 surprises that bite configs.
+
+    ``16:00`` stays the text "16:00" (YAML 1.1 reads it as the base-60 number 960), dates stay
+    text for the schema to parse with a readable error, and a key given twice is an error
+    instead of the last one silently winning.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.get(key)
+            except TypeError:
+                continue  # unhashable key: the base class reports it
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first given on line {first + 1}); keep one",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
-def _inner_model(annotation: Any) -> Any:
-    """Find the BaseModel inside ``X``, ``X | None`` or ``tuple[X, ...]``."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()) or ():
-        found = _inner_model(arg)
-        if found is not None:
-            return found
-    return None
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if not tag.endswith((":int", ":float", ":timestamp"))]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
 
 
-def _message(err: Any, model: type[BaseModel]) -> str:
-    kind = err["type"]
-    loc = tuple(err["loc"])
-    if kind == "extra_forbidden":
-        allowed = _allowed_keys(model, loc)
-        hint = f" (allowed here: {', '.join(allowed)})" if allowed else ""
-        return f"unknown key{hint}"
-    if kind == "missing":
-        return "required key is missing"
-    msg = str(err["msg"])
-    for prefix in ("Value error, ", "Assertion failed, "):
-        if msg.startswith(prefix):
-            msg = msg[len(prefix) :]
-    if kind == "literal_error":
-        expected = err.get("ctx", {}).get("expected", "")
-        return f"expected one of {expected.replace(' or ', ', ')}, got {err['input']!r}"
-    return msg
+def display_path(path: Path) -> str:
+    """Show ``path`` relative to the working folder when it lies below it, else as given."""
+    try:
+        relative = Path(os.path.relpath(path))
+    except ValueError:  # another drive on Windows
+        return str(path)
+    return str(path) if relative.parts[:1] == ("..",) else relative.as_posix()
 
 
-def validation_lines(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> list[str]:
-    """Render every pydantic error as ``key.path: message``."""
-    lines = []
-    for err in exc.errors():
-        path = format_loc(err["loc"])
-        if prefix:
-            path = f"{prefix}.{path}" if path else prefix
-        lines.append(f"{path or '(top level)'}: {_message(err, model)}")
-    return lines
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(err, "problem", None) or str(err)
+    context = getattr(err, "context", None)
+    context_mark = getattr(err, "context_mark", None)
+    if context and context_mark is not None and (mark is None or context_mark.line != mark.line):
+        problem += f" ({context} that starts on line {context_mark.line + 1})"
+    elif context:
+        problem += f" ({context})"
+    if "'\\t'" in problem:
+        problem += "; indent with spaces, not tabs"
+    return f"{where}not valid YAML: {problem}"
 
 
 def _read_yaml(path: Path) -> Any:
+    """Parse ``path`` with the strict loader.
+
+    Raises:
+        ConfigError: missing, unreadable, or not YAML (with line and column).
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError as err:
         raise ConfigError(str(path), ["file not found (give the path with -c FILE)"]) from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(str(path), [f"cannot read the file: {err}"]) from err
+    except IsADirectoryError as err:
+        raise ConfigError(str(path), ["is a folder, not a YAML file"]) from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(str(path), [f"not UTF-8 text (byte {err.start}); save the file as UTF-8"]) from err
+    except OSError as err:
+        raise ConfigError(str(path), [f"cannot read the file ({err.strerror or err})"]) from err
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(err, "problem", None) or str(err)
-        raise ConfigError(str(path), [f"{where}not valid YAML ({problem})"]) from err
+        raise ConfigError(str(path), [_yaml_problem(err)]) from None
+
+
+# --- profiles ----------------------------------------------------------------------------
+
+
+def _known_profiles(search: Sequence[Path]) -> list[str]:
+    folders = [f for f in (*search, BUILTIN_PROFILES) if f.is_dir()]
+    return sorted({p.stem for f in folders for p in f.glob("*.yaml")})
 
 
 def load_profile(name: str, search: Sequence[Path] = ()) -> Profile:
@@ -127,101 +158,27 @@ def load_profile(name: str, search: Sequence[Path] = ()) -> Profile:
     Raises:
         ConfigError: no such profile, or it does not validate.
     """
+    try:
+        validate_id(name)
+    except ValueError as err:
+        raise ConfigError(name, [f"not a valid profile name {name!r}: {err}"]) from None
     for folder in (*search, BUILTIN_PROFILES):
         path = folder / f"{name}.yaml"
         if path.is_file():
+            shown = display_path(path)
             data = _read_yaml(path)
+            if not isinstance(data, dict):
+                raise ConfigError(shown, ["(top level): must be a mapping of keys (name, models, http, ...)"])
             try:
                 profile = Profile.model_validate(data)
             except ValidationError as err:
-                raise ConfigError(str(path), validation_lines(err, Profile)) from err
+                raise ConfigError(shown, validation_lines(err, Profile)) from err
             if profile.name != name:
-                raise ConfigError(str(path), [f"name: is {profile.name!r} but the file is {name}.yaml"])
+                problem = f"name: is {profile.name!r} but the file is {name}.yaml; make them equal"
+                raise ConfigError(shown, [problem])
             return profile
-    known = sorted({p.stem for f in (*search, BUILTIN_PROFILES) if f.is_dir() for p in f.glob("*.yaml")})
-    raise ConfigError(name, [f"no profile named {name!r} (known: {', '.join(known)})"])
-
-
-def _cross_check(cfg: AgentConfig) -> list[str]:
-    lines: list[str] = []
-    if not cfg.sites:
-        lines.append("sites: list at least one site")
-    if not cfg.devices:
-        lines.append("devices: list at least one device")
-
-    def dupes(kind: str, values: list[str]) -> None:
-        seen: set[str] = set()
-        for i, value in enumerate(values):
-            if value in seen:
-                lines.append(f"{kind}[{i}]: duplicate {value!r} (each must be unique)")
-            seen.add(value)
-
-    dupes("sites", [s.name for s in cfg.sites])
-    dupes("contracts", [c.number for c in cfg.contracts])
-    dupes("devices", [d.id for d in cfg.devices])
-    site_names = {s.name for s in cfg.sites}
-    for i, dev in enumerate(cfg.devices):
-        if dev.site not in site_names:
-            lines.append(f"devices[{i}].site: unknown site {dev.site!r} (defined: {', '.join(sorted(site_names))})")
-    owner: dict[str, str] = {}
-    for i, contract in enumerate(cfg.contracts):
-        for j, serial in enumerate(contract.serials):
-            if serial in owner and owner[serial] != contract.number:
-                lines.append(
-                    f"contracts[{i}].serials[{j}]: serial {serial!r} is already in contract {owner[serial]}"
-                )
-            owner.setdefault(serial, contract.number)
-    return lines
-
-
-def load_config(path: Path | str) -> AgentConfig:
-    """Load, validate and cross-check the config at ``path``; relative paths resolve beside it.
-
-    Raises:
-        ConfigError: the file is missing, unreadable, not YAML, or invalid.
-    """
-    path = Path(path)
-    data = _read_yaml(path)
-    if data is None:
-        raise ConfigError(str(path), ["the file is empty (start from config/example.yaml)"])
-    if not isinstance(data, dict):
-        raise ConfigError(str(path), ["the top level must be a mapping with sites, devices, ..."])
-    try:
-        cfg = AgentConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(str(path), validation_lines(err, AgentConfig)) from err
-    lines = _cross_check(cfg)
-    base = path.resolve().parent
-    agent = cfg.agent
-    updates: dict[str, Any] = {}
-    if agent.data_dir is not None and not agent.data_dir.is_absolute():
-        updates["data_dir"] = base / agent.data_dir
-    if agent.profiles_dir is not None and not agent.profiles_dir.is_absolute():
-        updates["profiles_dir"] = base / agent.profiles_dir
-    if updates:
-        cfg = cfg.model_copy(update={"agent": agent.model_copy(update=updates)})
-    devices = []
-    for dev in cfg.devices:
-        creds = dev.credentials
-        if creds is not None and creds.password_file is not None and not creds.password_file.is_absolute():
-            creds = creds.model_copy(update={"password_file": base / creds.password_file})
-            dev = dev.model_copy(update={"credentials": creds})
-        devices.append(dev)
-    cfg = cfg.model_copy(update={"devices": tuple(devices)})
-    search = [cfg.agent.profiles_dir] if cfg.agent.profiles_dir else []
-    for i, dev in enumerate(cfg.devices):
-        try:
-            profile = load_profile(profile_name(dev.model, dev.profile), search)
-        except ConfigError as err:
-            lines.extend(f"devices[{i}].profile: {line}" for line in err.lines)
-            continue
-        if dev.model not in profile.models:
-            lines.append(
-                f"devices[{i}].profile: profile {profile.name!r} is for {', '.join(profile.models)}, not {dev.model}"
-            )
-    if lines:
-        raise ConfigError(str(path), lines)
-    return cfg
+    known = ", ".join(_known_profiles(search))
+    raise ConfigError(name, [f"no profile named {name!r} (known: {known})"])
 
 
 def profile_name(model: str, explicit: str | None) -> str:
@@ -229,23 +186,174 @@ def profile_name(model: str, explicit: str | None) -> str:
     return explicit or DEFAULT_PROFILE[model]
 
 
+# --- config ------------------------------------------------------------------------------
+
+
+def _cross_check(cfg: AgentConfig) -> list[str]:
+    """Checks that span several entries: unique names, references, one contract per serial."""
+    lines: list[str] = []
+    if not cfg.sites:
+        lines.append("sites: list at least one site")
+    if not cfg.devices:
+        lines.append("devices: list at least one device")
+
+    def dupes(kind: str, key: str, what: str, values: list[str]) -> None:
+        first: dict[str, int] = {}
+        for i, value in enumerate(values):
+            if value in first:
+                lines.append(
+                    f"{kind}[{i}].{key}: duplicate {value!r}, already used by {kind}[{first[value]}]"
+                    f" (each {what} must be unique)"
+                )
+            first.setdefault(value, i)
+
+    dupes("sites", "name", "site name", [s.name for s in cfg.sites])
+    dupes("contracts", "number", "contract number", [c.number for c in cfg.contracts])
+    dupes("devices", "id", "device id", [d.id for d in cfg.devices])
+    site_names = [s.name for s in cfg.sites]
+    for i, dev in enumerate(cfg.devices):
+        if dev.site not in site_names:
+            defined = ", ".join(site_names) or "none"
+            lines.append(f"devices[{i}].site: unknown site {dev.site!r} (sites defined: {defined})")
+    owner: dict[str, int] = {}
+    for i, contract in enumerate(cfg.contracts):
+        for j, serial in enumerate(contract.serials):
+            if serial in owner:
+                k = owner[serial]
+                where = "earlier in this contract" if k == i else f"in contract {cfg.contracts[k].number}"
+                lines.append(
+                    f"contracts[{i}].serials[{j}]: serial {serial!r} is already listed {where}"
+                    f" (contracts[{k}]); list each serial once"
+                )
+            owner.setdefault(serial, i)
+    return lines
+
+
+def _beside(base: Path, value: Path | None) -> Path | None:
+    """Resolve a configured path: ``~`` expanded, relative ones against ``base``."""
+    if value is None:
+        return None
+    value = value.expanduser()
+    return value if value.is_absolute() else (base / value).resolve()
+
+
+def _resolve_paths(cfg: AgentConfig, base: Path) -> AgentConfig:
+    """Return ``cfg`` with data_dir, profiles_dir, ticket store and password files made absolute."""
+    old = cfg.agent
+    agent = old.model_copy(
+        update={"data_dir": _beside(base, old.data_dir), "profiles_dir": _beside(base, old.profiles_dir)}
+    )
+    local = cfg.ticketing.local.model_copy(update={"path": _beside(base, cfg.ticketing.local.path)})
+    ticketing = cfg.ticketing.model_copy(update={"local": local})
+    devices = []
+    for dev in cfg.devices:
+        creds = dev.credentials
+        if creds is not None and creds.password_file is not None:
+            creds = creds.model_copy(update={"password_file": _beside(base, creds.password_file)})
+            dev = dev.model_copy(update={"credentials": creds})
+        devices.append(dev)
+    return cfg.model_copy(update={"agent": agent, "ticketing": ticketing, "devices": tuple(devices)})
+
+
+def _check_profiles(cfg: AgentConfig) -> list[str]:
+    """Load every profile the devices name; report each broken profile file once."""
+    lines: list[str] = []
+    search: list[Path] = []
+    profiles_dir = cfg.agent.profiles_dir
+    if profiles_dir is not None:
+        if profiles_dir.is_dir():
+            search.append(profiles_dir)
+        else:
+            lines.append(f"agent.profiles_dir: folder not found: {display_path(profiles_dir)}")
+    loaded: dict[str, Profile | ConfigError] = {}
+    for i, dev in enumerate(cfg.devices):
+        name = profile_name(dev.model, dev.profile)
+        first_use = name not in loaded
+        if first_use:
+            try:
+                loaded[name] = load_profile(name, search)
+            except ConfigError as err:
+                loaded[name] = err
+        profile = loaded[name]
+        if isinstance(profile, ConfigError):
+            if profile.source == name:  # not found / bad name: a mistake in this device entry
+                lines.extend(f"devices[{i}].profile: {line}" for line in profile.lines)
+            elif first_use:  # the profile file itself is broken: say it once
+                head = f"devices[{i}].profile: profile {name!r} ({profile.source}) is invalid"
+                lines.extend(f"{head}: {line}" for line in profile.lines)
+        elif dev.model not in profile.models:
+            hint = f"remove profile: to use the default {DEFAULT_PROFILE[dev.model]}"
+            lines.append(
+                f"devices[{i}].profile: profile {name!r} is for {', '.join(profile.models)},"
+                f" not {dev.model} ({hint})"
+            )
+    return lines
+
+
+def load_config(path: Path | str) -> AgentConfig:
+    """Load, validate and cross-check the config at ``path``; relative paths resolve beside it.
+
+    Password files are not read here (see :func:`resolve_password`).
+
+    Raises:
+        ConfigError: the file is missing, unreadable, not YAML, or invalid; every problem found
+            is one line of ``ConfigError.lines``.
+    """
+    path = Path(path)
+    data = _read_yaml(path)
+    if data is None:
+        raise ConfigError(str(path), ["(top level): the file is empty; start from config/example.yaml"])
+    if not isinstance(data, dict):
+        kind = "a list" if isinstance(data, list) else "a single value"
+        keys = ", ".join(AgentConfig.model_fields)
+        raise ConfigError(str(path), [f"(top level): must be a mapping of keys ({keys}), got {kind}"])
+    try:
+        cfg = AgentConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(str(path), validation_lines(err, AgentConfig)) from err
+    cfg = _resolve_paths(cfg, path.resolve().parent)
+    lines = _cross_check(cfg) + _check_profiles(cfg)
+    if lines:
+        raise ConfigError(str(path), lines)
+    return cfg
+
+
 def resolve_password(creds: Credentials, where: str) -> str:
     """Read the password a credential points at (environment variable or file).
 
+    ``where`` names the device for the error's source (e.g. ``devices[0]``); each error line
+    starts with ``credentials.password_env`` or ``credentials.password_file``. The password
+    file is read as UTF-8 (a BOM is ignored) and trailing line breaks are dropped.
+
     Raises:
-        ConfigError: the variable is unset or the file cannot be read.
+        ConfigError: the variable is unset or empty, or the file is missing, unreadable or empty.
     """
     if creds.password_env is not None:
-        value = os.environ.get(creds.password_env)
+        name = creds.password_env
+        value = os.environ.get(name)
         if value is None:
             raise ConfigError(
-                where, [f"credentials.password_env: environment variable {creds.password_env} is not set"]
+                where,
+                [
+                    f"credentials.password_env: environment variable {name} is not set"
+                    " (set it in the agent's service environment, or use password_file)"
+                ],
             )
+        if not value:
+            raise ConfigError(where, [f"credentials.password_env: environment variable {name} is empty"])
         return value
-    assert creds.password_file is not None
+    file = creds.password_file
+    if file is None:
+        raise ConfigError(where, ["credentials: give password_env or password_file"])
     try:
-        return creds.password_file.read_text(encoding="utf-8").strip()
-    except OSError as err:
-        raise ConfigError(
-            where, [f"credentials.password_file: cannot read {creds.password_file} ({err.strerror})"]
-        ) from err
+        value = file.read_text(encoding="utf-8-sig").rstrip("\r\n")
+    except FileNotFoundError:
+        raise ConfigError(where, [f"credentials.password_file: file not found: {file}"]) from None
+    except IsADirectoryError:
+        raise ConfigError(where, [f"credentials.password_file: {file} is a folder, not a file"]) from None
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        raise ConfigError(where, [f"credentials.password_file: cannot read {file} ({reason})"]) from None
+    if not value:
+        raise ConfigError(where, [f"credentials.password_file: {file} is empty"])
+    return value

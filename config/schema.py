@@ -15,12 +15,26 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 Model = Literal["A20", "A30", "MVC"]
 Provenance = Literal["documented", "assumed"]
+
+
+class FieldProblem(ValueError):
+    """A cross-field check that failed, naming the key (relative to the model) it is about.
+
+    The loader appends ``key`` to the model's location, so the user reads
+    ``contracts[0].end: ...`` instead of a message pinned on the whole contract.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
 
 
 class Strict(BaseModel):
@@ -58,22 +72,29 @@ def validate_id(value: str) -> str:
 
 
 Host = Annotated[str, Field(min_length=1)]
+ENV_VAR_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+FIRMWARE_PATTERN = r"^\d+(\.\d+){3}$"
 
 
 class AgentSettings(Strict):
     """How the agent itself runs: where it keeps data, how often and how patiently it polls."""
 
-    data_dir: Path | None = Field(None, description="default: the platform's user data folder")
-    profiles_dir: Path | None = Field(None, description="extra device profiles, searched before the built-in ones")
-    poll_interval_s: float = Field(60.0, gt=0, le=86400)
-    jitter_s: float = Field(5.0, ge=0, le=3600)
-    retry_interval_s: float = Field(10.0, gt=0, le=3600)
-    timeout_s: float = Field(5.0, gt=0, le=300)
-    down_after: int = Field(3, ge=1, le=100, description="k: consecutive failed polls before down")
-    up_after: int = Field(2, ge=1, le=100, description="m: consecutive good polls before recovered")
-    log_refresh_s: float = Field(900.0, gt=0, description="how often the last collected log is refreshed")
-    max_response_bytes: int = Field(2_000_000, ge=1024, le=1_000_000_000)
-    max_log_bytes: int = Field(50_000_000, ge=1024, le=10_000_000_000)
+    data_dir: Path | None = Field(default=None, description="default: the platform's user data folder")
+    profiles_dir: Path | None = Field(
+        default=None, description="extra device profiles, searched before the built-in ones"
+    )
+    poll_interval_s: float = Field(default=60.0, gt=0, le=86400)
+    jitter_s: float = Field(default=5.0, ge=0, le=3600)
+    retry_interval_s: float = Field(default=10.0, gt=0, le=3600)
+    timeout_s: float = Field(default=5.0, gt=0, le=300)
+    down_after: int = Field(default=3, ge=1, le=100, description="k: consecutive failed polls before down")
+    up_after: int = Field(default=2, ge=1, le=100, description="m: consecutive good polls before recovered")
+    log_refresh_s: float = Field(
+        default=900.0, gt=0, description="how often the last collected log is refreshed"
+    )
+    max_response_bytes: int = Field(default=2_000_000, ge=1024, le=1_000_000_000)
+    max_log_bytes: int = Field(default=50_000_000, ge=1024, le=10_000_000_000)
     language: Literal["pl", "en"] = "pl"
 
 
@@ -82,7 +103,7 @@ class Contact(Strict):
 
     name: str = Field(min_length=1)
     phone: str = Field(min_length=3)
-    email: str = Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    email: str = Field(pattern=EMAIL_PATTERN)
 
 
 class BusinessHours(Strict):
@@ -90,12 +111,14 @@ class BusinessHours(Strict):
 
     start: time = time(8, 0)
     end: time = time(16, 0)
-    days: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri")
+    days: tuple[Weekday, ...] = Field(default=("mon", "tue", "wed", "thu", "fri"), min_length=1)
 
     @model_validator(mode="after")
     def _start_before_end(self) -> BusinessHours:
         if self.end <= self.start:
-            raise ValueError("end must be later than start")
+            raise FieldProblem(
+                "end", f"must be later than start {self.start:%H:%M}, got {self.end:%H:%M}"
+            )
         return self
 
 
@@ -104,7 +127,7 @@ class Canary(Strict):
 
     name: str = Field(min_length=1)
     host: str
-    port: int | None = Field(None, ge=1, le=65535)
+    port: int | None = Field(default=None, ge=1, le=65535)
 
     _host = field_validator("host")(classmethod(lambda cls, v: validate_host(v)))
 
@@ -144,21 +167,28 @@ class Contract(Strict):
     @model_validator(mode="after")
     def _end_after_start(self) -> Contract:
         if self.end < self.start:
-            raise ValueError("end must not be earlier than start")
+            raise FieldProblem("end", f"{self.end:%Y-%m-%d} is earlier than start {self.start:%Y-%m-%d}")
         return self
 
 
 class Credentials(Strict):
     """A device login; the password comes from an environment variable or a file, never inline."""
 
-    username: str = "admin"
-    password_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    username: str = Field(default="admin", min_length=1)
+    password_env: str | None = Field(default=None, pattern=ENV_VAR_PATTERN)
     password_file: Path | None = None
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> Credentials:
-        if (self.password_env is None) == (self.password_file is None):
-            raise ValueError("give exactly one of password_env or password_file")
+        if self.password_env is not None and self.password_file is not None:
+            raise ValueError("give only one of password_env or password_file, not both")
+        if self.password_env is None and self.password_file is None:
+            raise ValueError(
+                "give password_env (the name of an environment variable) "
+                "or password_file (a file holding only the password)"
+            )
         return self
 
 
@@ -170,8 +200,8 @@ class Device(Strict):
     site: str
     model: Model
     host: str
-    port: int | None = Field(None, ge=1, le=65535, description="overrides the profile's port")
-    profile: str | None = Field(None, description="profile name; default by model")
+    port: int | None = Field(default=None, ge=1, le=65535, description="overrides the profile's port")
+    profile: str | None = Field(default=None, description="profile name; default by model")
     credentials: Credentials | None = None
 
     _id = field_validator("id")(classmethod(lambda cls, v: validate_id(v)))
@@ -181,7 +211,9 @@ class Device(Strict):
 class LocalBackendSettings(Strict):
     """The embedded ticket store: SQLite plus attachment files under the data dir."""
 
-    path: Path | None = Field(None, description="folder for the ticket store; default <data_dir>/tickets")
+    path: Path | None = Field(
+        default=None, description="folder for the ticket store; default <data_dir>/tickets"
+    )
 
 
 class Ticketing(Strict):
@@ -193,6 +225,8 @@ class Ticketing(Strict):
 
 class AgentConfig(Strict):
     """The whole agent configuration file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     agent: AgentSettings = AgentSettings()
     sites: tuple[Site, ...]
@@ -243,9 +277,9 @@ class HttpSettings(Strict):
     """How to reach the device's web interface."""
 
     scheme: Literal["https", "http"] = "https"
-    port: int = Field(443, ge=1, le=65535)
+    port: int = Field(default=443, ge=1, le=65535)
     tls: Literal["pin", "verify", "insecure"] = Field(
-        "pin", description="pin: trust the first certificate seen and alarm on change (TOFU)"
+        default="pin", description="pin: trust the first certificate seen and alarm on change (TOFU)"
     )
     status: Provenance
 
@@ -268,7 +302,7 @@ class PeripheralMap(Strict):
     kind: str = "type"
     name: str = "name"
     connected: str = "connected"
-    connected_value: bool | str = Field(True, description="value of `connected` that means connected")
+    connected_value: bool | str = Field(default=True, description="value of `connected` that means connected")
     expected: tuple[Literal["camera", "microphone", "speaker", "touch_panel"], ...] = ()
     status: Provenance
 
@@ -279,8 +313,8 @@ class Profile(Strict):
     name: str
     description: str = ""
     models: tuple[Model, ...] = Field(min_length=1)
-    driver: str = Field("yealink-http", description="registry key of the driver")
-    min_firmware: str | None = Field(None, pattern=r"^\d+(\.\d+){3}$")
+    driver: str = Field(default="yealink-http", description="registry key of the driver")
+    min_firmware: str | None = Field(default=None, pattern=FIRMWARE_PATTERN)
     http: HttpSettings
     auth: AuthSettings
     endpoints: dict[str, Endpoint]
@@ -295,8 +329,10 @@ class Profile(Strict):
         for key, fmap in self.fields.items():
             if fmap.endpoint not in self.endpoints:
                 known = ", ".join(sorted(self.endpoints))
-                raise ValueError(f"fields.{key}.endpoint: unknown endpoint {fmap.endpoint!r} (known: {known})")
+                problem = f"unknown endpoint {fmap.endpoint!r} (endpoints defined: {known})"
+                raise FieldProblem(f"fields.{key}.endpoint", problem)
         for required in ("model", "firmware", "serial", "mac"):
             if required not in self.fields:
-                raise ValueError(f"fields.{required}: required (identity fields model, firmware, serial, mac)")
+                problem = "required key is missing (every profile maps model, firmware, serial, mac)"
+                raise FieldProblem(f"fields.{required}", problem)
         return self

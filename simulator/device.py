@@ -23,8 +23,8 @@ from aiohttp import web
 from collectors.models import PERIPHERAL_KINDS
 from config.schema import Profile
 from simulator.certs import DeviceCertificate, server_context
-from simulator.identity import Identity, SimDevice
-from simulator.logs import APP, SYS, LogEvent, boot_lines, build_archive, routine_lines
+from simulator.identity import PERIPHERAL_NAMES, Identity, SimDevice
+from simulator.logs import APP, MTR_NAMES, SYS, LogEvent, boot_lines, build_archive, routine_lines
 
 log = logging.getLogger("hezo.simulator")
 
@@ -33,14 +33,7 @@ DEFAULT_SLOW_S = 3.0
 DEFAULT_REBOOT_S = 20.0
 MAX_TOKENS = 256
 MAX_EVENTS = 500
-PERIPHERAL_NAMES = {
-    "A20": {"camera": "A20 camera", "microphone": "A20 microphone array", "speaker": "A20 speaker",
-            "touch_panel": "CTP18 touch panel"},
-    "A30": {"camera": "A30 dual camera", "microphone": "A30 microphone array", "speaker": "A30 speaker",
-            "touch_panel": "CTP18 touch panel"},
-    "MVC": {"camera": "UVC86 camera", "microphone": "VCM34 microphone", "speaker": "MSpeaker II",
-            "touch_panel": "MTouch II touch panel"},
-}
+GZIP = "application/gzip"
 
 
 def parse_fault(kind: str, arg: str | None) -> str | None:
@@ -83,7 +76,14 @@ class DeviceServer:
     """The HTTPS server and fault state of one simulated device."""
 
     def __init__(
-        self, ident: Identity, desc: SimDevice, profile: Profile, cert: DeviceCertificate, *, seed: int, log_bytes: int
+        self,
+        ident: Identity,
+        desc: SimDevice,
+        profile: Profile,
+        cert: DeviceCertificate,
+        *,
+        seed: int,
+        log_bytes: int,
     ) -> None:
         self.ident = ident
         self.desc = desc
@@ -231,7 +231,8 @@ class DeviceServer:
         try:
             await self._listen()
         except OSError as err:
-            log.error("device=%s cannot listen on %s:%s: %s", self.desc.id, self.desc.host, self.desc.port, err)
+            d = self.desc
+            log.error("device=%s cannot listen on %s:%s: %s", d.id, d.host, d.port, err)
 
     def _arm_reboot(self, seconds: float) -> None:
         if self._reboot_timer is not None:
@@ -328,10 +329,11 @@ class DeviceServer:
         if pmap is None:
             return []
         down: bool | str = False if isinstance(pmap.connected_value, bool) else "disconnected"
-        return [
-            {pmap.kind: kind, pmap.name: name, pmap.connected: down if kind in self.unplugged else pmap.connected_value}
-            for kind, name in self._peripheral_names().items()
-        ]
+        items = []
+        for kind, name in self._peripheral_names().items():
+            state = down if kind in self.unplugged else pmap.connected_value
+            items.append({pmap.kind: kind, pmap.name: name, pmap.connected: state})
+        return items
 
     def _json(self, endpoint: str) -> web.Response:
         body: dict[str, Any] = {"ret": "ok"} if self.desc.model in ("A20", "A30") else {}
@@ -345,13 +347,14 @@ class DeviceServer:
 
     def _logs(self) -> web.Response:
         if "malformed" in self.faults:
-            return web.Response(body=b"<html><body>500 export failed</body></html>", content_type="application/gzip")
+            return web.Response(body=b"<html><body>500 export failed</body></html>", content_type=GZIP)
         names = self._peripheral_names()
         now = datetime.now(UTC)
         d = self.desc
-        tail = [(APP, "ERROR", "periph", f"{kind} '{names.get(kind, kind)}' missing") for kind in sorted(self.unplugged)]
+        gone = sorted(self.unplugged)
+        tail = [(APP, "ERROR", "periph", f"{kind} '{names.get(kind, kind)}' missing") for kind in gone]
         if d.model == "MVC" and self.unplugged:
-            states = ". ".join(f"{names.get(k, k)} status : Unhealthy" for k in sorted(self.unplugged))
+            states = ". ".join(f"{MTR_NAMES.get(k, k)} status : Unhealthy" for k in gone)
             tail.append((SYS, "ERROR", "SRS-App[3001]", f"Hardware check: {states}."))
         body = build_archive(
             booted_at=now - timedelta(seconds=self.uptime_s()),
@@ -363,7 +366,7 @@ class DeviceServer:
         )
         return web.Response(
             body=body,
-            content_type="application/gzip",
+            content_type=GZIP,
             headers={"Content-Disposition": f'attachment; filename="{d.hostname}-logs.tar.gz"'},
         )
 

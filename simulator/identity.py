@@ -17,12 +17,28 @@ YEALINK_OUI = "00:15:65"
 SITES = ("warszawa-hq", "krakow-office")
 ROOMS = {
     "warszawa-hq": (
-        "Sala Zarząd", "Sala Wisła", "Sala Chopin", "Sala Łazienki", "Sala Mokotów",
-        "Sala Żoliborz", "Sala Praga", "Sala Wilanów", "Sala Powiśle", "Sala Ochota",
+        "Sala Zarząd",
+        "Sala Wisła",
+        "Sala Chopin",
+        "Sala Łazienki",
+        "Sala Mokotów",
+        "Sala Żoliborz",
+        "Sala Praga",
+        "Sala Wilanów",
+        "Sala Powiśle",
+        "Sala Ochota",
     ),
     "krakow-office": (
-        "Sala Wawel", "Sala Kazimierz", "Sala Sukiennice", "Sala Podgórze", "Sala Nowa Huta",
-        "Sala Kopiec Kościuszki", "Sala Planty", "Sala Zabłocie", "Sala Dębniki", "Sala Tyniec",
+        "Sala Wawel",
+        "Sala Kazimierz",
+        "Sala Sukiennice",
+        "Sala Podgórze",
+        "Sala Nowa Huta",
+        "Sala Kopiec Kościuszki",
+        "Sala Planty",
+        "Sala Zabłocie",
+        "Sala Dębniki",
+        "Sala Tyniec",
     ),
 }
 # Teams firmware on A20/A30 reads 133.15.x.x, Zoom 133.30.x.x, MVC NN.11.x.x (yealink-facts.md).
@@ -30,6 +46,26 @@ TEAMS_FIRMWARE = ("133.15.0.76", "133.15.0.76", "133.15.0.76", "133.15.0.68", "1
 ZOOM_FIRMWARE = ("133.30.0.62", "133.30.0.66")
 MVC_FIRMWARE = ("126.11.0.25", "126.11.0.25", "126.11.0.21")
 ADMIN_USER = "admin"
+PERIPHERAL_NAMES = {
+    "A20": {
+        "camera": "A20 camera",
+        "microphone": "A20 microphone array",
+        "speaker": "A20 speaker",
+        "touch_panel": "CTP18 touch panel",
+    },
+    "A30": {
+        "camera": "A30 dual camera",
+        "microphone": "A30 microphone array",
+        "speaker": "A30 speaker",
+        "touch_panel": "CTP18 touch panel",
+    },
+    "MVC": {
+        "camera": "UVC86 camera",
+        "microphone": "VCM34 microphone",
+        "speaker": "MSpeaker II",
+        "touch_panel": "MTouch II touch panel",
+    },
+}
 
 
 @dataclass(frozen=True)

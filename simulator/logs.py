@@ -15,6 +15,19 @@ from datetime import UTC, datetime, timedelta
 
 SYS = "log/sys.log"
 APP = "log/app.log"
+Line = tuple[str, str, str, str]  # (file, level, source, message)
+# How Microsoft Teams Rooms names hardware in SRS-App 3000/3001 events (yealink-facts.md).
+MTR_NAMES = {
+    "camera": "Camera",
+    "microphone": "Conference Microphone",
+    "speaker": "Conference Speaker",
+    "touch_panel": "Touch Console",
+}
+MTR_HEARTBEAT = "Heartbeat: Network status : Healthy. Exchange status : Connected. Signin status: Healthy."
+MTR_HARDWARE_OK = (
+    "Hardware check: Conference Microphone status : Healthy. Conference Speaker status : Healthy. "
+    "Camera status : Healthy."
+)
 
 
 @dataclass(frozen=True)
@@ -28,7 +41,7 @@ class LogEvent:
     message: str
 
 
-def boot_lines(model: str, firmware: str, serial: str, mac: str, peripherals: dict[str, str]) -> list[tuple[str, str, str, str]]:
+def boot_lines(model: str, firmware: str, serial: str, mac: str, peripherals: dict[str, str]) -> list[Line]:
     """Return the (file, level, source, message) lines a device writes while booting."""
     if model == "MVC":
         lines = [
@@ -37,7 +50,10 @@ def boot_lines(model: str, firmware: str, serial: str, mac: str, peripherals: di
             (APP, "INFO", "MTR", f"Teams Rooms app starting, system firmware {firmware}"),
             (APP, "INFO", "MTR", f"Device serial {serial}, MAC {mac}"),
         ]
-        lines += [(APP, "INFO", "MTR", f"Peripheral {kind} '{name}' enumerated") for kind, name in peripherals.items()]
+        lines += [
+            (APP, "INFO", "MTR", f"Peripheral {kind} '{name}' enumerated")
+            for kind, name in peripherals.items()
+        ]
         return lines
     lines = [
         (SYS, "INFO", "kernel", "Booting Linux on physical CPU 0x0"),
@@ -46,30 +62,37 @@ def boot_lines(model: str, firmware: str, serial: str, mac: str, peripherals: di
         (SYS, "INFO", "init", f"serial {serial} mac {mac}"),
         (SYS, "INFO", "netd", "eth0: link up, 1000 Mbps, full duplex"),
         (SYS, "INFO", "netd", "eth0: DHCP lease acquired, lease_s=86400"),
-        (APP, "INFO", "launcher", "Teams Rooms on Android starting" if firmware.startswith("133.15.") else "Zoom Rooms starting"),
+        (APP, "INFO", "launcher", f"{_platform(firmware)} starting"),
     ]
     lines += [(SYS, "INFO", "usbd", f"{kind} '{name}' detected") for kind, name in peripherals.items()]
     return lines
 
 
-def _routine(rng: random.Random, model: str) -> tuple[str, str, str, str]:
+def _platform(firmware: str) -> str:
+    return "Teams Rooms on Android" if firmware.startswith("133.15.") else "Zoom Rooms"
+
+
+def _routine(rng: random.Random, model: str) -> Line:
     roll = rng.random()
     call_id = f"{rng.getrandbits(48):012x}"
     if model == "MVC":
         if roll < 0.35:
-            return (SYS, "INFO", "SRS-App[2000]",
-                    "Heartbeat: Network status : Healthy. Exchange status : Connected. Signin status: Healthy.")
+            return (SYS, "INFO", "SRS-App[2000]", MTR_HEARTBEAT)
         if roll < 0.55:
-            return (SYS, "INFO", "SRS-App[3000]",
-                    "Hardware check: Conference Microphone status : Healthy. Conference Speaker status : Healthy. "
-                    "Camera status : Healthy.")
+            return (SYS, "INFO", "SRS-App[3000]", MTR_HARDWARE_OK)
         if roll < 0.75:
             return (APP, "INFO", "MTR", f"Meeting joined call_id={call_id} participants={rng.randint(2, 14)}")
         if roll < 0.93:
-            return (APP, "INFO", "MTR", f"Meeting ended call_id={call_id} duration_s={rng.randint(300, 5400)}")
+            return (
+                APP,
+                "INFO",
+                "MTR",
+                f"Meeting ended call_id={call_id} duration_s={rng.randint(300, 5400)}",
+            )
         return (APP, "WARN", "MTR", f"Calendar sync slow latency_ms={rng.randint(800, 4000)}")
     if roll < 0.25:
-        return (SYS, "INFO", "netd", f"eth0: rx_packets={rng.randint(10**5, 10**8)} tx_packets={rng.randint(10**5, 10**8)}")
+        rx, tx = rng.randint(10**5, 10**8), rng.randint(10**5, 10**8)
+        return (SYS, "INFO", "netd", f"eth0: rx_packets={rx} tx_packets={tx}")
     if roll < 0.45:
         return (APP, "INFO", "call", f"call started id={call_id} participants={rng.randint(2, 12)}")
     if roll < 0.65:
@@ -83,10 +106,10 @@ def _routine(rng: random.Random, model: str) -> tuple[str, str, str, str]:
     return (APP, "WARN", "provision", "auto provisioning server unreachable, retry in 3600 s")
 
 
-def routine_lines(seed_key: str, model: str, size_bytes: int) -> list[tuple[str, str, str, str]]:
+def routine_lines(seed_key: str, model: str, size_bytes: int) -> list[Line]:
     """Return deterministic everyday lines for one device, about ``size_bytes`` in total."""
     rng = random.Random(seed_key)
-    lines: list[tuple[str, str, str, str]] = []
+    lines: list[Line] = []
     total = 0
     while total < size_bytes:
         line = _routine(rng, model)
@@ -102,10 +125,10 @@ def _render(at: datetime, level: str, source: str, message: str) -> str:
 def build_archive(
     *,
     booted_at: datetime,
-    boot: list[tuple[str, str, str, str]],
-    routine: list[tuple[str, str, str, str]],
+    boot: list[Line],
+    routine: list[Line],
     events: list[LogEvent],
-    tail: list[tuple[str, str, str, str]],
+    tail: list[Line],
     now: datetime | None = None,
 ) -> bytes:
     """Return a gzip-compressed tar with sys.log and app.log.

@@ -1,0 +1,187 @@
+"""``hezo-sim``: run a simulated fleet, inject and clear faults through its control API."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import quote
+
+import requests
+
+from simulator.fleet import FAULT_KINDS, Fleet
+
+DEFAULT_CONTROL_PORT = 8479
+DEFAULT_CONTROL = f"http://127.0.0.1:{DEFAULT_CONTROL_PORT}"
+
+
+class CliError(Exception):
+    """A one-line error for the user; the CLI prints it and exits non-zero."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser for every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="hezo-sim", description="Simulated Yealink A20/A30/MVC fleet on loopback."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="start a fleet and serve until Ctrl+C")
+    run.add_argument("--devices", type=int, default=12, help="number of devices (default 12)")
+    run.add_argument("--seed", type=int, default=0, help="identity seed (default 0)")
+    run.add_argument("--net", type=int, default=77, help="devices get 127.NET.x.y (default 77)")
+    run.add_argument("--port", type=int, default=8443, help="HTTPS port of every device (default 8443)")
+    run.add_argument(
+        "--control-port", type=int, default=DEFAULT_CONTROL_PORT, help="control API port on 127.0.0.1"
+    )
+    run.add_argument("--log-bytes", type=int, default=100_000, help="uncompressed size of a log export")
+    run.add_argument("--config-out", type=Path, help="write an agent config for this fleet to FILE")
+    run.add_argument("--data-dir", type=Path, help="agent data dir to put in the written config")
+    fault = sub.add_parser("fault", help="inject a fault into a device of a running fleet")
+    fault.add_argument("device")
+    fault.add_argument("kind", help=", ".join(FAULT_KINDS))
+    fault.add_argument("arg", nargs="?", help="seconds for slow/reboot, peripheral for unplug")
+    clear = sub.add_parser("clear", help="remove the faults of one device, or of all")
+    clear.add_argument("device", nargs="?")
+    listing = sub.add_parser("list", help="list the devices of a running fleet and their faults")
+    for p in (fault, clear, listing):
+        p.add_argument(
+            "--control", default=DEFAULT_CONTROL, help=f"control API URL (default {DEFAULT_CONTROL})"
+        )
+    return parser
+
+
+def _request(control: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """Call the control API at ``control`` and return its JSON.
+
+    Raises:
+        CliError: the fleet is not reachable, or the API answered with an error.
+    """
+    base = control.rstrip("/")
+    session = requests.Session()
+    session.trust_env = False  # the control API is local: never through a proxy
+    try:
+        resp = session.request(method, base + path, json=body, timeout=15)
+    except requests.RequestException:
+        raise CliError(f"cannot reach the fleet control API at {base} (is `hezo-sim run` running?)") from None
+    finally:
+        session.close()
+    try:
+        data = resp.json()
+    except ValueError:
+        raise CliError(
+            f"{base} answered HTTP {resp.status_code} without JSON (not a hezo-sim control API?)"
+        ) from None
+    if resp.status_code >= 400:
+        message = data.get("error") if isinstance(data, dict) else None
+        raise CliError(str(message or f"HTTP {resp.status_code}"))
+    return data
+
+
+def _table(rows: list[list[str]], out: TextIO) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        out.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n")
+
+
+def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
+    fleet = Fleet(
+        args.devices,
+        seed=args.seed,
+        net=args.net,
+        port=args.port,
+        control_port=args.control_port,
+        log_bytes=args.log_bytes,
+    )
+    stop = threading.Event()
+    fleet.start()
+    try:
+        rows = [["ID", "MODEL", "ADDRESS", "SERIAL", "SITE", "ROOM"]]
+        rows += [[d.id, d.model, f"{d.host}:{d.port}", d.serial, d.site, d.room] for d in fleet.devices]
+        _table(rows, out)
+        out.write(f"\n{len(fleet.devices)} devices up; control API {fleet.control_url}\n")
+        if args.config_out is not None:
+            path = fleet.write_agent_config(args.config_out, data_dir=args.data_dir)
+            out.write(f"agent config written to {path} (password in {path.stem}.secret beside it)\n")
+            out.write(f"run the agent against it:  hezo-agent run -c {path}\n")
+        out.write("inject faults:  hezo-sim fault DEVICE KIND [ARG]   (Ctrl+C stops the fleet)\n")
+        out.flush()
+        restore = _on_sigterm(stop)
+        try:
+            while not stop.wait(0.5):
+                pass
+        finally:
+            restore()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        fleet.stop()
+    out.write("fleet stopped\n")
+    return 0
+
+
+def _on_sigterm(stop: threading.Event) -> Callable[[], None]:
+    """Make SIGTERM stop the fleet cleanly where the platform allows; return the undo."""
+    sigterm = getattr(signal, "SIGTERM", None)
+    if sigterm is None:
+        return lambda: None
+    try:
+        previous = signal.signal(sigterm, lambda signum, frame: stop.set())
+    except (ValueError, OSError):  # not the main thread, or unsupported here
+        return lambda: None
+
+    def restore() -> None:
+        with contextlib.suppress(ValueError, OSError, TypeError):
+            signal.signal(sigterm, previous)
+
+    return restore
+
+
+def _cmd_list(args: argparse.Namespace, out: TextIO) -> int:
+    devices = _request(args.control, "GET", "/devices")
+    rows = [["ID", "MODEL", "ADDRESS", "SERIAL", "FAULTS"]]
+    for d in devices:
+        rows.append(
+            [d["id"], d["model"], f"{d['host']}:{d['port']}", d["serial"], ", ".join(d["faults"]) or "-"]
+        )
+    _table(rows, out)
+    return 0
+
+
+def _cmd_fault(args: argparse.Namespace, out: TextIO) -> int:
+    path = f"/devices/{quote(args.device, safe='')}/fault"
+    device = _request(args.control, "POST", path, {"kind": args.kind, "arg": args.arg})
+    out.write(f"{device['id']}: {', '.join(device['faults'])}\n")
+    return 0
+
+
+def _cmd_clear(args: argparse.Namespace, out: TextIO) -> int:
+    if args.device is None:
+        result = _request(args.control, "POST", "/clear")
+        out.write(f"cleared all faults on {result['cleared']} devices\n")
+    else:
+        device = _request(args.control, "POST", f"/devices/{quote(args.device, safe='')}/clear")
+        out.write(f"{device['id']}: faults cleared\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``hezo-sim`` with ``argv`` (default: the process arguments); return the exit code."""
+    args = build_parser().parse_args(argv)
+    commands = {"run": _cmd_run, "list": _cmd_list, "fault": _cmd_fault, "clear": _cmd_clear}
+    try:
+        return commands[args.command](args, sys.stdout)
+    except CliError as err:
+        print(f"hezo-sim: {err}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, RuntimeError) as err:
+        print(f"hezo-sim: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
