@@ -6,6 +6,7 @@ into a :class:`ConfigError`; the CLI prints them and exits with code 2.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Sequence
@@ -214,7 +215,9 @@ def _cross_check(cfg: AgentConfig) -> list[str]:
     for i, dev in enumerate(cfg.devices):
         if dev.site not in site_names:
             defined = ", ".join(site_names) or "none"
-            lines.append(f"devices[{i}].site: unknown site {dev.site!r} (sites defined: {defined})")
+            close = difflib.get_close_matches(dev.site, site_names, n=1, cutoff=0.6)
+            guess = f", did you mean {close[0]!r}?" if close else ""
+            lines.append(f"devices[{i}].site: unknown site {dev.site!r}{guess} (sites defined: {defined})")
     owner: dict[str, int] = {}
     for i, contract in enumerate(cfg.contracts):
         for j, serial in enumerate(contract.serials):

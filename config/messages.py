@@ -172,7 +172,9 @@ def message(err: Any, model: type[BaseModel]) -> str:
         choices = _choices(str(ctx.get("expected", "")))
         if loc and loc[-1] == "[key]":
             return f"not an allowed key here (allowed: {choices})"
-        return f"must be one of {choices}{got}"
+        same = [c for c in choices.split(", ") if isinstance(value, str) and c.lower() == value.lower()]
+        hint = f" (did you mean {same[0]!r}?)" if same and not secret else ""
+        return f"must be one of {choices}{got}{hint}"
     if kind == "string_pattern_mismatch":
         pattern = str(ctx.get("pattern", ""))
         hint = _PATTERN_HINTS.get(pattern, f"does not have the expected form ({pattern})")

@@ -116,9 +116,7 @@ class BusinessHours(Strict):
     @model_validator(mode="after")
     def _start_before_end(self) -> BusinessHours:
         if self.end <= self.start:
-            raise FieldProblem(
-                "end", f"must be later than start {self.start:%H:%M}, got {self.end:%H:%M}"
-            )
+            raise FieldProblem("end", f"must be later than start {self.start:%H:%M}, got {self.end:%H:%M}")
         return self
 
 
@@ -331,6 +329,10 @@ class Profile(Strict):
                 known = ", ".join(sorted(self.endpoints))
                 problem = f"unknown endpoint {fmap.endpoint!r} (endpoints defined: {known})"
                 raise FieldProblem(f"fields.{key}.endpoint", problem)
+        if self.auth.kind == "token" and self.auth.login is None:
+            raise FieldProblem(
+                "auth.login", "required when auth.kind is token: the endpoint that answers the login"
+            )
         for required in ("model", "firmware", "serial", "mac"):
             if required not in self.fields:
                 problem = "required key is missing (every profile maps model, firmware, serial, mac)"
