@@ -103,5 +103,7 @@ def write_agent_config(
         f"# The device password is in {secret.name} (mode 0600), never in this file.\n"
     )
     text = header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-    path.write_text(text, encoding="utf-8")
+    partial = path.with_name(f".{path.name}.tmp")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)  # readers never see a half-written file
     return path

@@ -11,9 +11,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+FIXED_NOT_BEFORE = datetime(2025, 1, 1, tzinfo=UTC)
+VALID_DAYS = 20 * 365
 
 
 @dataclass(frozen=True)
@@ -25,33 +30,45 @@ class DeviceCertificate:
     sha256: str
 
 
-def make_certificate(host: str, common_name: str, *, valid_days: int = 3650) -> DeviceCertificate:
+def make_certificate(host: str, common_name: str, *, key_seed: str | None = None) -> DeviceCertificate:
     """Create a self-signed certificate for ``host`` (an IP address) named ``common_name``.
+
+    With ``key_seed`` the key, serial number and validity follow from the seed and the
+    signature is deterministic (RFC 6979) where the installed cryptography supports it, so a
+    restarted fleet keeps its fingerprints and an agent's TLS pins stay valid. Such keys are
+    not secret: the seed is. Without ``key_seed`` everything is random.
 
     Raises:
         ValueError: ``host`` is not an IP address.
     """
     address = ipaddress.ip_address(host)
-    key = ec.generate_private_key(ec.SECP256R1())
+    if key_seed is None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        serial = x509.random_serial_number()
+        not_before = datetime.now(UTC) - timedelta(days=1)
+    else:
+        digest = hashlib.sha256(f"{key_seed}:key".encode()).digest()
+        key = ec.derive_private_key(int.from_bytes(digest, "big") % (_P256_ORDER - 1) + 1, ec.SECP256R1())
+        serial = int.from_bytes(hashlib.sha256(f"{key_seed}:serial".encode()).digest()[:19], "big") | 1
+        not_before = FIXED_NOT_BEFORE
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Yealink (simulated)"),
             x509.NameAttribute(NameOID.COMMON_NAME, common_name),
         ]
     )
-    now = datetime.now(UTC)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=valid_days))
+        .serial_number(serial)
+        .not_valid_before(not_before)
+        .not_valid_after(not_before + timedelta(days=VALID_DAYS))
         .add_extension(x509.SubjectAlternativeName([x509.IPAddress(address)]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
     )
+    cert = _sign(builder, key, deterministic=key_seed is not None)
     der = cert.public_bytes(serialization.Encoding.DER)
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -61,6 +78,17 @@ def make_certificate(host: str, common_name: str, *, valid_days: int = 3650) -> 
         key_pem=key_pem,
         sha256=hashlib.sha256(der).hexdigest(),
     )
+
+
+def _sign(
+    builder: x509.CertificateBuilder, key: ec.EllipticCurvePrivateKey, *, deterministic: bool
+) -> x509.Certificate:
+    if deterministic:
+        try:
+            return builder.sign(key, hashes.SHA256(), ecdsa_deterministic=True)
+        except (TypeError, UnsupportedAlgorithm):  # cryptography or OpenSSL too old: random nonce
+            pass
+    return builder.sign(key, hashes.SHA256())
 
 
 def server_context(cert: DeviceCertificate) -> ssl.SSLContext:

@@ -99,26 +99,26 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     )
     stop = threading.Event()
     fleet.start()
+    restore = _on_sigterm(stop)
     try:
         rows = [["ID", "MODEL", "ADDRESS", "SERIAL", "SITE", "ROOM"]]
         rows += [[d.id, d.model, f"{d.host}:{d.port}", d.serial, d.site, d.room] for d in fleet.devices]
         _table(rows, out)
         out.write(f"\n{len(fleet.devices)} devices up; control API {fleet.control_url}\n")
         if args.config_out is not None:
-            path = fleet.write_agent_config(args.config_out, data_dir=args.data_dir)
+            data_dir = args.data_dir.resolve() if args.data_dir is not None else None  # relative to here
+            path = fleet.write_agent_config(args.config_out, data_dir=data_dir)
             out.write(f"agent config written to {path} (password in {path.stem}.secret beside it)\n")
             out.write(f"run the agent against it:  hezo-agent run -c {path}\n")
-        out.write("inject faults:  hezo-sim fault DEVICE KIND [ARG]   (Ctrl+C stops the fleet)\n")
+        hint = "" if fleet.control_url == DEFAULT_CONTROL else f" --control {fleet.control_url}"
+        out.write(f"inject faults:  hezo-sim fault DEVICE KIND [ARG]{hint}   (Ctrl+C stops the fleet)\n")
         out.flush()
-        restore = _on_sigterm(stop)
-        try:
-            while not stop.wait(0.5):
-                pass
-        finally:
-            restore()
+        while not stop.wait(0.5):
+            pass
     except KeyboardInterrupt:
         pass
     finally:
+        restore()
         fleet.stop()
     out.write("fleet stopped\n")
     return 0
@@ -181,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, RuntimeError) as err:
         print(f"hezo-sim: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

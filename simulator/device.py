@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from collectors.jsonpath import set_path
 from collectors.models import PERIPHERAL_KINDS
 from config.schema import Profile
 from simulator.certs import DeviceCertificate, server_context
@@ -61,15 +62,6 @@ def parse_fault(kind: str, arg: str | None) -> str | None:
     if arg is not None:
         raise ValueError(f"{kind}: takes no argument, got {arg!r}")
     return None
-
-
-def set_path(body: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``value`` at the dotted path in ``body``, creating nested dicts."""
-    *parents, leaf = dotted.split(".")
-    node = body
-    for key in parents:
-        node = node.setdefault(key, {})
-    node[leaf] = value
 
 
 class DeviceServer:
@@ -152,6 +144,7 @@ class DeviceServer:
             OSError: the address or port cannot be bound.
         """
         self._server = web.Server(self._handle, handler_cancellation=True, access_log=None)
+        self._release = asyncio.Event()  # bound to this loop (a fleet can be started again)
         self._ctx = server_context(self._cert)
         if self._listening_wanted():
             await self._listen()

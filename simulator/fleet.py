@@ -75,7 +75,9 @@ class Fleet:
                 host, dev_port = device_address(ident.index, net), port
             else:  # only 127.0.0.1 is bindable here (e.g. macOS): one port per device
                 host, dev_port = "127.0.0.1", (port + ident.index if port else 0)
-            cert = make_certificate(host, ident.hostname)
+            cert = make_certificate(
+                host, ident.hostname, key_seed=f"hezo-sim:{seed}:{ident.index}:{host}:{dev_port}"
+            )
             desc = SimDevice(
                 id=ident.id,
                 model=ident.model,
