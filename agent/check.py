@@ -59,8 +59,13 @@ def _check_one(config: AgentConfig, index: int, device: Device, pins: PinStore) 
     except ConfigError as err:
         return row(False, "no password", f"devices[{index}].{err.lines[0]}")
     collector = build_collector(
-        device, profile, password=password, pins=pins, timeout_s=config.agent.timeout_s,
-        max_response_bytes=config.agent.max_response_bytes, max_log_bytes=config.agent.max_log_bytes,
+        device,
+        profile,
+        password=password,
+        pins=pins,
+        timeout_s=config.agent.timeout_s,
+        max_response_bytes=config.agent.max_response_bytes,
+        max_log_bytes=config.agent.max_log_bytes,
     )
     try:
         sample = collector.collect_health()
@@ -78,8 +83,12 @@ def _check_one(config: AgentConfig, index: int, device: Device, pins: PinStore) 
     if missing:
         notes.append("disconnected: " + ", ".join(missing))
     return row(
-        True, "ok", "; ".join(notes) or "-", latency_ms=sample.latency_ms,
-        firmware=facts.firmware, serial=facts.serial,
+        True,
+        "ok",
+        "; ".join(notes) or "-",
+        latency_ms=sample.latency_ms,
+        firmware=facts.firmware,
+        serial=facts.serial,
     )
 
 

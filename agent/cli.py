@@ -69,7 +69,9 @@ def _setup_logging(level: str) -> None:
 def _load(args: argparse.Namespace) -> AgentConfig:
     config = load_config(args.config)
     if args.data_dir is not None:
-        config = config.model_copy(update={"agent": config.agent.model_copy(update={"data_dir": args.data_dir})})
+        config = config.model_copy(
+            update={"agent": config.agent.model_copy(update={"data_dir": args.data_dir})}
+        )
     return config
 
 
@@ -112,9 +114,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         for row in rows:
             style = "green" if row.ok else "red"
             table.add_row(
-                row.device_id, row.model, row.address, f"[{style}]{row.result}[/{style}]",
+                row.device_id,
+                row.model,
+                row.address,
+                f"[{style}]{row.result}[/{style}]",
                 f"{row.latency_ms:.0f} ms" if row.latency_ms is not None else "-",
-                row.firmware or "-", row.serial or "-", row.hint,
+                row.firmware or "-",
+                row.serial or "-",
+                row.hint,
             )
         Console().print(table)
     failed = [row for row in rows if not row.ok]
@@ -138,8 +145,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         table.add_column(col)
     for row in rows:
         table.add_row(
-            row["device"], row["site"], row["room"], row["model"], row["state"],
-            row["last_seen"] or "never", row["last_reason"] or "-", row["serial"] or "-",
+            row["device"],
+            row["site"],
+            row["room"],
+            row["model"],
+            row["state"],
+            row["last_seen"] or "never",
+            row["last_reason"] or "-",
+            row["serial"] or "-",
         )
     Console().print(table)
     return EXIT_OK
@@ -159,8 +172,14 @@ def cmd_tickets(args: argparse.Namespace) -> int:
         table.add_column(col)
     for t in tickets:
         table.add_row(
-            t["id"], t["priority"], t["status"], t.get("device") or "-", t.get("problem") or "-",
-            t.get("serial") or "-", t.get("contract") or "-", t["title"],
+            t["id"],
+            t["priority"],
+            t["status"],
+            t.get("device") or "-",
+            t.get("problem") or "-",
+            t.get("serial") or "-",
+            t.get("contract") or "-",
+            t["title"],
         )
     Console().print(table)
     return EXIT_OK
@@ -173,7 +192,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(seconds=args.seconds, devices=args.devices, as_json=args.json)
 
 
-COMMANDS = {"run": cmd_run, "check": cmd_check, "status": cmd_status, "tickets": cmd_tickets, "demo": cmd_demo}
+COMMANDS = {
+    "run": cmd_run,
+    "check": cmd_check,
+    "status": cmd_status,
+    "tickets": cmd_tickets,
+    "demo": cmd_demo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -151,9 +151,14 @@ class Agent:
         if state.health != previous.health:
             log.info(
                 "event=state_change device=%s from=%s to=%s reason=%s",
-                device_id, previous.health, state.health, outcome.reason,
+                device_id,
+                previous.health,
+                state.health,
+                outcome.reason,
             )
-            self._emit(outcome.at, device_id, "state", f"{previous.health} → {state.health} ({outcome.reason})")
+            self._emit(
+                outcome.at, device_id, "state", f"{previous.health} → {state.health} ({outcome.reason})"
+            )
         if events:
             self.incidents.handle(device_id, events)
             self._announce(device_id, events)
@@ -166,7 +171,9 @@ class Agent:
             if isinstance(event, WentDown):
                 self._emit(event.at, device_id, "ticket_opened", f"down after {event.failures} failed polls")
             elif isinstance(event, Recovered):
-                self._emit(event.at, device_id, "ticket_resolved", f"recovered after {event.downtime_s:.0f} s")
+                self._emit(
+                    event.at, device_id, "ticket_resolved", f"recovered after {event.downtime_s:.0f} s"
+                )
 
     def _emit(self, at: datetime, device_id: str, kind: str, text: str) -> None:
         if self._on_event is not None:
@@ -176,7 +183,10 @@ class Agent:
 
     def _refresh_log_if_due(self, device_id: str, outcome: PollOutcome) -> None:
         last = self.store.last_log(device_id)
-        if last is not None and (outcome.at - last.taken_at).total_seconds() < self.config.agent.log_refresh_s:
+        if (
+            last is not None
+            and (outcome.at - last.taken_at).total_seconds() < self.config.agent.log_refresh_s
+        ):
             return
         self.collect_log(device_id)
 
@@ -205,7 +215,8 @@ class Agent:
     # --- running ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start polling every device in the background."""
+        """Start polling every device in the background (after repairing what a crash left)."""
+        self.incidents.reconcile(self.states)
         self._scheduler = PollScheduler(
             [dev.id for dev in self.config.devices],
             self.poll_once,

@@ -92,7 +92,11 @@ def _step_scenario(scenario: _Scenario, fleet: Any, now: float) -> bool:
     if scenario.faulted_at is None and now - scenario.started >= FAULT_AFTER_S:
         fleet.fault(scenario.target, "offline")
         scenario.faulted_at = now
-    if scenario.opened_at and scenario.cleared_at is None and now - scenario.opened_at >= RECOVER_AFTER_TICKET_S:
+    if (
+        scenario.opened_at
+        and scenario.cleared_at is None
+        and now - scenario.opened_at >= RECOVER_AFTER_TICKET_S
+    ):
         fleet.clear(scenario.target)
         scenario.cleared_at = now
     return scenario.resolved_at is not None and now - scenario.resolved_at >= LINGER_AFTER_RESOLVE_S
@@ -111,22 +115,30 @@ def run_demo(*, seconds: float = 40.0, devices: int = 12, as_json: bool = False)
     try:
         fleet.start()
         cfg_path = fleet.write_agent_config(
-            workdir / "hezo-demo.yaml", data_dir=workdir / "data", poll_interval_s=2.0,
-            retry_interval_s=1.0, timeout_s=1.0, down_after=3, up_after=2, language="en",
+            workdir / "hezo-demo.yaml",
+            data_dir=workdir / "data",
+            poll_interval_s=2.0,
+            retry_interval_s=1.0,
+            timeout_s=1.0,
+            down_after=3,
+            up_after=2,
+            language="en",
         )
         config = load_config(cfg_path)
         config = config.model_copy(update={"agent": config.agent.model_copy(update={"jitter_s": 0.5})})
         agent = Agent(config, on_event=scenario.on_event)
         if not as_json:
-            console.print(f"[bold]hezo-agent demo[/bold]: {devices} simulated devices on loopback, "
-                          f"{target} goes offline after {FAULT_AFTER_S:.0f} s; data in {workdir}")
+            console.print(
+                f"[bold]hezo-agent demo[/bold]: {devices} simulated devices on loopback, "
+                f"{target} goes offline after {FAULT_AFTER_S:.0f} s; data in {workdir}"
+            )
         agent.start()
         deadline = time.monotonic() + seconds
         try:
             _watch(agent, scenario, fleet, deadline, console, live=console.is_terminal and not as_json)
+            summary = _summary(agent, scenario)
         finally:
             agent.stop()
-        summary = _summary(agent, scenario, seconds)
     finally:
         fleet.stop()
     if as_json:
@@ -137,7 +149,9 @@ def run_demo(*, seconds: float = 40.0, devices: int = 12, as_json: bool = False)
     return 0
 
 
-def _watch(agent: Agent, scenario: _Scenario, fleet: Any, deadline: float, console: Console, live: bool) -> None:
+def _watch(
+    agent: Agent, scenario: _Scenario, fleet: Any, deadline: float, console: Console, live: bool
+) -> None:
     printed = 0
     if live:
         with Live(console=console, refresh_per_second=4) as view:
@@ -156,7 +170,7 @@ def _watch(agent: Agent, scenario: _Scenario, fleet: Any, deadline: float, conso
         time.sleep(0.25)
 
 
-def _summary(agent: Agent, scenario: _Scenario, seconds: float) -> dict[str, Any]:
+def _summary(agent: Agent, scenario: _Scenario) -> dict[str, Any]:
     backend = agent.backend
     tickets = [t.to_json() for t in backend.tickets()] if isinstance(backend, LocalBackend) else []
     return {
@@ -167,7 +181,13 @@ def _summary(agent: Agent, scenario: _Scenario, seconds: float) -> dict[str, Any
         "tickets_resolved": sum(1 for t in tickets if t["status"] == "resolved"),
         "tickets": tickets,
         "device_list": [
-            {"id": d.id, "model": d.model, "site": d.site, "room": d.room, "state": str(agent.states[d.id].health)}
+            {
+                "id": d.id,
+                "model": d.model,
+                "site": d.site,
+                "room": d.room,
+                "state": str(agent.states[d.id].health),
+            }
             for d in agent.config.devices
         ],
         "events": [
@@ -179,8 +199,8 @@ def _summary(agent: Agent, scenario: _Scenario, seconds: float) -> dict[str, Any
 
 def _print_summary(console: Console, summary: dict[str, Any]) -> None:
     console.print(
-        f"\n[bold]summary[/bold]: {summary['devices']} devices, {summary['tickets_opened']} ticket(s) opened, "
-        f"{summary['tickets_resolved']} resolved in {summary['duration_s']} s"
+        f"\n[bold]summary[/bold]: {summary['devices']} devices, {summary['tickets_opened']} ticket(s) opened,"
+        f" {summary['tickets_resolved']} resolved in {summary['duration_s']} s"
     )
     for t in summary["tickets"]:
         files = ", ".join(a["name"] for a in t["attachments"]) or "no attachments"

@@ -80,7 +80,9 @@ def test_check_names_the_device_that_does_not_answer(fleet: Fleet, fleet_config:
 
 def test_check_with_unset_password_variable(fleet: Fleet, tmp_path: Path) -> None:
     cfg = tmp_path / "env.yaml"
-    data = yaml.safe_load(fleet.write_agent_config(tmp_path / "base.yaml", data_dir=tmp_path / "data").read_text())
+    data = yaml.safe_load(
+        fleet.write_agent_config(tmp_path / "base.yaml", data_dir=tmp_path / "data").read_text()
+    )
     for device in data["devices"]:
         device["credentials"] = {"username": "admin", "password_env": "HEZO_TEST_UNSET_PASSWORD"}
     cfg.write_text(yaml.safe_dump(data, allow_unicode=True))

@@ -29,9 +29,17 @@ def fleet() -> Iterator[Fleet]:
 
 
 def make_agent(fleet: Fleet, tmp_path: Path, clock: FakeClock | None = None, **settings: float) -> Agent:
-    options = {"poll_interval_s": 60.0, "retry_interval_s": 10.0, "timeout_s": 1.0, "down_after": 3, "up_after": 2}
+    options = {
+        "poll_interval_s": 60.0,
+        "retry_interval_s": 10.0,
+        "timeout_s": 1.0,
+        "down_after": 3,
+        "up_after": 2,
+    }
     options.update(settings)
-    cfg_path = fleet.write_agent_config(tmp_path / "agent.yaml", data_dir=tmp_path / "data", language="en", **options)
+    cfg_path = fleet.write_agent_config(
+        tmp_path / "agent.yaml", data_dir=tmp_path / "data", language="en", **options
+    )
     return Agent(load_config(cfg_path), clock=clock)
 
 
@@ -84,8 +92,15 @@ def test_offline_a30_opens_one_critical_ticket_with_logs_and_resolves(fleet: Fle
         assert ticket.fields["firmware"] == target.firmware
         assert ticket.fields["contract"]
         assert ticket.fields["address"]
-        for text in (target.serial, target.mac, target.firmware, target.room, ticket.fields["contract"],
-                     ticket.fields["address"], ticket.fields["contact_phone"]):
+        for text in (
+            target.serial,
+            target.mac,
+            target.firmware,
+            target.room,
+            ticket.fields["contract"],
+            ticket.fields["address"],
+            ticket.fields["contact_phone"],
+        ):
             assert text in ticket.body, text
         assert target.password not in ticket.body
         assert len(ticket.attachments) == 1

@@ -1,0 +1,405 @@
+"""The agent's own memory: device states, last known identity, recent polls, logs, incidents.
+
+One SQLite file in WAL mode with ``synchronous=FULL``, so what was written survives a crash or
+a power cut. One connection shared across threads behind a lock. Datetimes are stored as ISO
+8601 UTC strings and returned timezone-aware. ``PRAGMA user_version`` records the schema
+version for future migrations.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agent.models import PollOutcome
+from agent.state import DeviceState, Health
+from collectors.models import CheckResult, DeviceFacts
+
+SCHEMA_VERSION = 1
+DEFAULT_KEEP_OUTCOMES = 500
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS devices (
+    device_id TEXT PRIMARY KEY,
+    health TEXT NOT NULL,
+    failures INTEGER NOT NULL,
+    successes INTEGER NOT NULL,
+    changed_at TEXT,
+    first_failure_at TEXT,
+    down_since TEXT,
+    last_ok_at TEXT,
+    last_reason TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS facts (
+    device_id TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    firmware TEXT NOT NULL,
+    serial TEXT NOT NULL,
+    mac TEXT NOT NULL,
+    hostname TEXT,
+    seen_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outcomes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_id TEXT NOT NULL,
+    at TEXT NOT NULL,
+    ok INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    duration_s REAL NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    checks TEXT NOT NULL DEFAULT '[]'
+);
+CREATE INDEX IF NOT EXISTS outcomes_device ON outcomes(device_id, id);
+CREATE TABLE IF NOT EXISTS logs (
+    device_id TEXT PRIMARY KEY,
+    path TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    taken_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS incidents (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    site TEXT NOT NULL,
+    problem TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('open', 'resolved')),
+    opened_at TEXT NOT NULL,
+    resolved_at TEXT,
+    ticket_key TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS incidents_one_open ON incidents(key) WHERE status = 'open';
+"""
+
+
+class IncidentAlreadyOpen(ValueError):
+    """An incident with this key is already open (at most one open incident per key)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeRecord:
+    """One recorded poll, as the store gives it back."""
+
+    device_id: str
+    at: datetime
+    ok: bool
+    reason: str
+    duration_s: float
+    detail: str = ""
+    checks: tuple[CheckResult, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """The last log collected from a device."""
+
+    device_id: str
+    path: Path
+    size_bytes: int
+    sha256: str
+    taken_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    """One problem of one device; ``status`` is ``open`` or ``resolved``."""
+
+    id: int
+    key: str
+    device_id: str
+    site: str
+    problem: str
+    priority: str
+    status: str
+    opened_at: datetime
+    resolved_at: datetime | None
+    ticket_key: str
+
+
+def to_iso(value: datetime) -> str:
+    """Return ``value`` as an ISO 8601 UTC string.
+
+    Raises:
+        ValueError: ``value`` is naive (no time zone).
+    """
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("naive datetime: the store keeps timezone-aware times only")
+    return value.astimezone(UTC).isoformat()
+
+
+def from_iso(text: str | None) -> datetime | None:
+    """Return the timezone-aware datetime stored as ``text`` (None stays None)."""
+    if text is None:
+        return None
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _opt_iso(value: datetime | None) -> str | None:
+    return None if value is None else to_iso(value)
+
+
+def _at(text: str) -> datetime:
+    value = from_iso(text)
+    assert value is not None
+    return value
+
+
+class Store:
+    """SQLite-backed memory of the agent; every method is thread-safe.
+
+    Raises:
+        sqlite3.Error: from any method when the file cannot be read or written.
+    """
+
+    def __init__(self, path: Path, *, keep_outcomes: int = DEFAULT_KEEP_OUTCOMES) -> None:
+        if keep_outcomes < 1:
+            raise ValueError("keep_outcomes must be at least 1")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._keep = keep_outcomes
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _migrate(self) -> None:
+        """Create the schema, or refuse a file written by a newer agent."""
+        with self._tx():
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(
+                    f"{self.path} has schema version {version}; this agent knows up to {SCHEMA_VERSION}"
+                )
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """Hold the lock and run the block as one transaction."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            cursor = self._db.execute(sql, args)
+            cursor.row_factory = sqlite3.Row
+            return cursor.fetchall()
+
+    def close(self) -> None:
+        """Close the file; the store is unusable afterwards."""
+        with self._lock:
+            self._db.close()
+
+    # --- device state ---------------------------------------------------------------------
+
+    def save_state(self, device_id: str, state: DeviceState) -> None:
+        """Remember ``state`` as the device's current state."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO devices (device_id, health, failures, successes, changed_at,"
+                " first_failure_at, down_since, last_ok_at, last_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (device_id, str(state.health), state.failures, state.successes, _opt_iso(state.changed_at),
+                 _opt_iso(state.first_failure_at), _opt_iso(state.down_since), _opt_iso(state.last_ok_at),
+                 state.last_reason),
+            )
+
+    def load_state(self, device_id: str) -> DeviceState | None:
+        """Return the device's last saved state, or None if it was never saved."""
+        rows = self._query("SELECT * FROM devices WHERE device_id = ?", (device_id,))
+        if not rows:
+            return None
+        row = rows[0]
+        return DeviceState(
+            health=Health(row["health"]),
+            failures=row["failures"],
+            successes=row["successes"],
+            changed_at=from_iso(row["changed_at"]),
+            first_failure_at=from_iso(row["first_failure_at"]),
+            down_since=from_iso(row["down_since"]),
+            last_ok_at=from_iso(row["last_ok_at"]),
+            last_reason=row["last_reason"],
+        )
+
+    # --- identity -------------------------------------------------------------------------
+
+    def save_facts(self, device_id: str, facts: DeviceFacts, seen_at: datetime) -> None:
+        """Remember the device's identity as seen at ``seen_at`` (a good poll)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO facts (device_id, model, firmware, serial, mac, hostname, seen_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (device_id, facts.model, facts.firmware, facts.serial, facts.mac, facts.hostname,
+                 to_iso(seen_at)),
+            )
+
+    def facts(self, device_id: str) -> tuple[DeviceFacts, datetime] | None:
+        """Return the last known identity of the device and when it was last seen, or None."""
+        rows = self._query("SELECT * FROM facts WHERE device_id = ?", (device_id,))
+        if not rows:
+            return None
+        row = rows[0]
+        facts = DeviceFacts(
+            model=row["model"], firmware=row["firmware"], serial=row["serial"], mac=row["mac"],
+            hostname=row["hostname"],
+        )
+        return facts, _at(row["seen_at"])
+
+    # --- poll outcomes --------------------------------------------------------------------
+
+    def record_outcome(self, outcome: PollOutcome) -> None:
+        """Append one poll outcome, keeping only the newest ``keep_outcomes`` per device."""
+        checks = json.dumps(
+            [{"check": c.check, "ok": c.ok, "latency_ms": c.latency_ms, "detail": c.detail}
+             for c in outcome.checks]
+        )
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO outcomes (device_id, at, ok, reason, duration_s, detail, checks)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (outcome.device_id, to_iso(outcome.at), int(outcome.ok), outcome.reason, outcome.duration_s,
+                 outcome.detail, checks),
+            )
+            db.execute(
+                "DELETE FROM outcomes WHERE device_id = ? AND id <= (SELECT id FROM outcomes"
+                " WHERE device_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (outcome.device_id, outcome.device_id, self._keep),
+            )
+
+    def recent_outcomes(self, device_id: str, limit: int = 20) -> list[OutcomeRecord]:
+        """Return up to ``limit`` recorded polls of the device, newest first."""
+        rows = self._query(
+            "SELECT * FROM outcomes WHERE device_id = ? ORDER BY id DESC LIMIT ?", (device_id, max(0, limit))
+        )
+        return [
+            OutcomeRecord(
+                device_id=row["device_id"],
+                at=_at(row["at"]),
+                ok=bool(row["ok"]),
+                reason=row["reason"],
+                duration_s=row["duration_s"],
+                detail=row["detail"],
+                checks=tuple(
+                    CheckResult(check=c["check"], ok=bool(c["ok"]), latency_ms=float(c["latency_ms"]),
+                                detail=c.get("detail", ""))
+                    for c in json.loads(row["checks"])
+                ),
+            )
+            for row in rows
+        ]
+
+    # --- logs -----------------------------------------------------------------------------
+
+    def save_log(self, device_id: str, path: Path, size_bytes: int, sha256: str, taken_at: datetime) -> None:
+        """Remember the device's last collected log file."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO logs (device_id, path, size_bytes, sha256, taken_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (device_id, str(path), size_bytes, sha256, to_iso(taken_at)),
+            )
+
+    def last_log(self, device_id: str) -> LogRecord | None:
+        """Return the device's last collected log, or None."""
+        rows = self._query("SELECT * FROM logs WHERE device_id = ?", (device_id,))
+        if not rows:
+            return None
+        row = rows[0]
+        return LogRecord(
+            device_id=row["device_id"], path=Path(row["path"]), size_bytes=row["size_bytes"],
+            sha256=row["sha256"], taken_at=_at(row["taken_at"]),
+        )
+
+    # --- incidents ------------------------------------------------------------------------
+
+    def open_incident(
+        self,
+        key: str,
+        device_id: str,
+        site: str,
+        problem: str,
+        priority: str,
+        opened_at: datetime,
+        ticket_key: str | None = None,
+    ) -> int:
+        """Open an incident and return its id; ``ticket_key`` None means ``f"{key}#{id}"``.
+
+        Raises:
+            IncidentAlreadyOpen: an incident with ``key`` is open already.
+        """
+        try:
+            with self._tx() as db:
+                cursor = db.execute(
+                    "INSERT INTO incidents (key, device_id, site, problem, priority, status, opened_at,"
+                    " ticket_key) VALUES (?, ?, ?, ?, ?, 'open', ?, ?)",
+                    (key, device_id, site, problem, str(priority), to_iso(opened_at), ticket_key),
+                )
+                incident_id = cursor.lastrowid
+                assert incident_id is not None
+                if ticket_key is None:
+                    db.execute(
+                        "UPDATE incidents SET ticket_key = ? WHERE id = ?",
+                        (f"{key}#{incident_id}", incident_id),
+                    )
+        except sqlite3.IntegrityError as err:
+            raise IncidentAlreadyOpen(f"incident {key} is already open") from err
+        return incident_id
+
+    def open_incident_for(self, key: str) -> Incident | None:
+        """Return the open incident with ``key``, or None."""
+        rows = self._query("SELECT * FROM incidents WHERE key = ? AND status = 'open'", (key,))
+        return _incident(rows[0]) if rows else None
+
+    def incident(self, incident_id: int) -> Incident | None:
+        """Return the incident with ``incident_id``, or None."""
+        rows = self._query("SELECT * FROM incidents WHERE id = ?", (incident_id,))
+        return _incident(rows[0]) if rows else None
+
+    def resolve_incident(self, incident_id: int, resolved_at: datetime) -> None:
+        """Mark the incident resolved at ``resolved_at`` (resolving twice keeps the first time)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE incidents SET status = 'resolved', resolved_at = ? WHERE id = ? AND status = 'open'",
+                (to_iso(resolved_at), incident_id),
+            )
+
+    def incidents(self, open_only: bool = False) -> list[Incident]:
+        """Return incidents, oldest first; only the open ones when ``open_only``."""
+        where = " WHERE status = 'open'" if open_only else ""
+        return [_incident(row) for row in self._query(f"SELECT * FROM incidents{where} ORDER BY id")]
+
+
+def _incident(row: sqlite3.Row) -> Incident:
+    return Incident(
+        id=row["id"],
+        key=row["key"],
+        device_id=row["device_id"],
+        site=row["site"],
+        problem=row["problem"],
+        priority=row["priority"],
+        status=row["status"],
+        opened_at=_at(row["opened_at"]),
+        resolved_at=from_iso(row["resolved_at"]),
+        ticket_key=row["ticket_key"] or f"{row['key']}#{row['id']}",
+    )

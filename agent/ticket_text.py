@@ -1,0 +1,413 @@
+"""Ticket text in Polish and English: what the HEZO+ verification step needs, in plain text.
+
+Pure rendering: no I/O except reading the device's password environment variable, so that a
+password that leaked into a collector's error detail is masked before it leaves the box.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+from collectors.models import CheckResult, DeviceFacts
+from config.schema import Contract, Device, Site
+from uploader.models import Priority, Ticket
+
+LANGUAGES = ("pl", "en")
+PROBLEM_OFFLINE = "offline"
+MASK = "***"
+_MAX_DETAIL_CHARS = 160
+
+PRIORITY_NAMES = {
+    "en": {Priority.CRITICAL: "critical", Priority.MEDIUM: "medium", Priority.LOW: "low"},
+    "pl": {Priority.CRITICAL: "krytyczny", Priority.MEDIUM: "średni", Priority.LOW: "niski"},
+}
+
+#: The seed's definition of each priority: (situation, service window and reaction).
+PRIORITY_DEFINITIONS = {
+    "en": {
+        Priority.CRITICAL: (
+            "No access to the device — the device does not work.",
+            "Service window 24x7 — guaranteed reaction within 1 h, then communication with the user with a"
+            " reaction time of up to 1 h. If a device failure is confirmed: delivery to the failure site on"
+            " the next business day (NBD), after confirming with the user.",
+        ),
+        Priority.MEDIUM: (
+            "The device works unstably; a problem with how the solution works is suspected; it can still"
+            " operate; no breach of the security level was found.",
+            "Service window 8x5 — guaranteed reaction within 1 h, then communication with the user with a"
+            " reaction time of up to 2 h. If a device failure is confirmed: delivery to the failure site on"
+            " the next business day (NBD), after confirming with the user.",
+        ),
+        Priority.LOW: (
+            "The ticket is not about an operational problem; it concerns configuration changes, explaining"
+            " how something works, or technical consultation.",
+            "Service window 8x5 — guaranteed reaction within 4 h, then communication with the user with a"
+            " reaction time of up to 4 h.",
+        ),
+    },
+    "pl": {
+        Priority.CRITICAL: (
+            "Brak dostępu do urządzenia - urządzenie nie działa.",
+            "Wsparcie 24x7 - gwarantowany czas reakcji: 1h, następnie komunikacja z użytkownikiem, z czasem"
+            " reakcji do 1h. W przypadku stwierdzenia awarii urządzenia - dostawa w miejsce awarii"
+            " w następnym dniu roboczym, po potwierdzeniu z użytkownikiem.",
+        ),
+        Priority.MEDIUM: (
+            "Urządzenie działa niestabilnie, podejrzenie problemu w funkcjonowaniu rozwiązania, zachowana"
+            " zdolność działania, nie stwierdzono naruszenia poziomu bezpieczeństwa.",
+            "Dostęp 8x5 - gwarantowany czas reakcji: 1h, następnie komunikacja z użytkownikiem, z czasem"
+            " reakcji do 2h. W przypadku stwierdzenia awarii urządzenia - dostawa w miejsce awarii"
+            " w następnym dniu roboczym, po potwierdzeniu z użytkownikiem.",
+        ),
+        Priority.LOW: (
+            "Zgłoszenie nie jest związane z wystąpieniem problemu eksploatacyjnego, a dotyczy zmian w"
+            " konfiguracji, wyjaśnienia działania lub konsultacji technicznych.",
+            "Dostęp 8x5 - gwarantowany czas reakcji: 4h, następnie komunikacja z użytkownikiem z czasem"
+            " reakcji do 4h.",
+        ),
+    },
+}
+
+_REASONS = {
+    "en": {
+        "ok": "answered", "unreachable": "no connection", "timeout": "no answer in time",
+        "auth_failed": "login refused", "identity_changed": "identity changed",
+        "unexpected_response": "unexpected answer", "internal_error": "agent error",
+    },
+    "pl": {
+        "ok": "odpowiada", "unreachable": "brak połączenia", "timeout": "brak odpowiedzi w czasie",
+        "auth_failed": "logowanie odrzucone", "identity_changed": "zmiana tożsamości",
+        "unexpected_response": "nieoczekiwana odpowiedź", "internal_error": "błąd agenta",
+    },
+}
+
+_T = {
+    "en": {
+        "offline": "offline", "unknown": "unknown", "never": "never (the device has not answered yet)",
+        "priority": "Priority", "device": "Device", "id": "Device ID", "room": "Room", "model": "Model",
+        "firmware": "Firmware", "serial": "Serial number", "mac": "MAC", "host": "Address (host)",
+        "contract": "HEZO+ contract", "site": "Site", "address": "Delivery address", "contact": "Contact",
+        "observed": "What was observed", "last_seen": "Last seen working",
+        "first_failure": "First failed poll",
+        "went_down": "Declared offline", "after_polls": "after {n} consecutive failed polls",
+        "reason": "Last error", "timeline": "Timeline of observations (oldest first)",
+        "tests": "Service tests", "failed": "Failed checks", "none_failed": "none",
+        "no_tests": "no service test results recorded",
+        "col_utc": "UTC", "col_local": "local", "col_result": "result", "col_reason": "reason",
+        "col_duration": "duration", "col_detail": "detail", "col_check": "check", "col_latency": "latency_ms",
+        "pass": "OK", "fail": "FAIL", "attachments": "Attachments",
+        "log_attached": "The device's last collected log is attached: {name}.",
+        "no_log": "No log could be collected from this device before the failure.",
+        "valid": "{number}, valid {start} – {end} (covered on {today})",
+        "expired": "{number}, valid {start} – {end} — NOT COVERED on {today} ({why}) — still monitored",
+        "ended": "the contract has ended", "not_started": "the contract has not started yet",
+        "not_covered": "NOT COVERED by a HEZO+ contract — still monitored",
+        "serial_unknown": " (serial number not known yet, so no contract could be matched)",
+        "verify": "For verification: the service tests, the attached log, the serial number and the"
+                  " contract number are all given above.",
+        "footer": "Opened automatically by hezo-agent at {now}.",
+        "recovered": "Device {device} ({model}, room \"{room}\", site {site}) has recovered: it answers again"
+                     " since {when}. Downtime: {downtime}.",
+        "resolved": "Resolved automatically by hezo-agent at {when}: device {device} is back online"
+                    " (downtime {downtime}). If the problem comes back, a new ticket is opened.",
+    },
+    "pl": {
+        "offline": "niedostępne", "unknown": "nieznany",
+        "never": "nigdy (urządzenie jeszcze nie odpowiedziało)",
+        "priority": "Priorytet", "device": "Urządzenie", "id": "ID urządzenia", "room": "Sala",
+        "model": "Model",
+        "firmware": "Firmware", "serial": "Numer seryjny", "mac": "MAC", "host": "Adres (host)",
+        "contract": "Umowa HEZO+", "site": "Lokalizacja", "address": "Adres dostawy", "contact": "Kontakt",
+        "observed": "Co zaobserwowano", "last_seen": "Ostatnio działało",
+        "first_failure": "Pierwsza nieudana próba",
+        "went_down": "Uznane za niedostępne", "after_polls": "po {n} kolejnych nieudanych próbach",
+        "reason": "Ostatni błąd", "timeline": "Przebieg obserwacji (od najstarszej)",
+        "tests": "Testy serwisowe", "failed": "Nieudane testy", "none_failed": "brak",
+        "no_tests": "brak zapisanych wyników testów serwisowych",
+        "col_utc": "UTC", "col_local": "czas lokalny", "col_result": "wynik", "col_reason": "przyczyna",
+        "col_duration": "czas", "col_detail": "szczegóły", "col_check": "test", "col_latency": "latency_ms",
+        "pass": "OK", "fail": "BŁĄD", "attachments": "Załączniki",
+        "log_attached": "W załączniku ostatni zebrany log urządzenia: {name}.",
+        "no_log": "Przed awarią nie udało się zebrać logu z tego urządzenia.",
+        "valid": "{number}, ważna {start} – {end} (obowiązuje w dniu {today})",
+        "expired": "{number}, ważna {start} – {end} — BRAK OBJĘCIA UMOWĄ w dniu {today} ({why})"
+                   " — urządzenie nadal monitorowane",
+        "ended": "umowa wygasła", "not_started": "umowa jeszcze nie obowiązuje",
+        "not_covered": "BRAK OBJĘCIA umową HEZO+ — urządzenie nadal monitorowane",
+        "serial_unknown": " (numer seryjny jeszcze nieznany, nie można dopasować umowy)",
+        "verify": "Do weryfikacji: testy serwisowe, log w załączniku, numer seryjny i numer umowy"
+                  " podano wyżej.",
+        "footer": "Zgłoszenie otwarte automatycznie przez hezo-agent: {now}.",
+        "recovered": "Urządzenie {device} ({model}, sala \"{room}\", lokalizacja {site}) znowu działa:"
+                     " odpowiada od {when}. Czas niedostępności: {downtime}.",
+        "resolved": "Rozwiązane automatycznie przez hezo-agent: {when}. Urządzenie {device} znowu działa"
+                    " (niedostępne przez {downtime}). Jeśli problem wróci, zostanie otwarte nowe zgłoszenie.",
+    },
+}
+
+
+class Observation(Protocol):
+    """One poll as shown in a ticket's timeline (a PollOutcome or a stored outcome record)."""
+
+    @property
+    def at(self) -> datetime: ...
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def duration_s(self) -> float: ...
+    @property
+    def detail(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DownContext:
+    """Everything known when a device is declared offline."""
+
+    device: Device
+    site: Site
+    contract: Contract | None
+    facts: DeviceFacts | None
+    last_seen: datetime | None
+    went_down_at: datetime
+    first_failure_at: datetime
+    failures: int
+    reason: str
+    now: datetime
+    timeline: Sequence[Observation] = ()
+    checks: Sequence[CheckResult] = ()
+    attachment_name: str | None = None
+
+
+def incident_key(site: str, device_id: str, problem: str) -> str:
+    """Return the dedup key of a problem: ``site/device/problem``."""
+    return f"{site}/{device_id}/{problem}"
+
+
+def _lang(language: str) -> dict[str, str]:
+    if language not in _T:
+        raise ValueError(f"unknown language {language!r} (use one of {', '.join(LANGUAGES)})")
+    return _T[language]
+
+
+def format_duration(seconds: float, language: str = "en") -> str:
+    """Return ``seconds`` as ``"1 h 2 min 5 s"`` (largest unit first, no leading zero units)."""
+    _lang(language)
+    total = max(0, round(seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(days, "d"), (hours, "h"), (minutes, "min"), (secs, "s")]
+    while len(parts) > 1 and parts[0][0] == 0:
+        parts.pop(0)
+    return " ".join(f"{value} {unit}" for value, unit in parts)
+
+
+def format_utc(at: datetime) -> str:
+    """Return ``at`` as ``2026-01-05 09:00:00 UTC``."""
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def format_local(at: datetime, timezone: str) -> str:
+    """Return ``at`` in ``timezone`` as ``2026-01-05 10:00:00 +01:00 Europe/Warsaw``."""
+    local = at.astimezone(ZoneInfo(timezone))
+    offset = local.strftime("%z")
+    return f"{local:%Y-%m-%d %H:%M:%S} {offset[:3]}:{offset[3:]} {timezone}"
+
+
+def format_when(at: datetime, timezone: str) -> str:
+    """Return ``at`` in UTC and in the site's local time."""
+    return f"{format_utc(at)} ({format_local(at, timezone)})"
+
+
+def contract_valid(contract: Contract | None, on: date) -> bool:
+    """Return True when ``contract`` covers the day ``on``."""
+    return contract is not None and contract.start <= on <= contract.end
+
+
+def device_secrets(device: Device) -> tuple[str, ...]:
+    """Return the device's secret values that must never appear in a ticket."""
+    creds = device.credentials
+    if creds is None or creds.password_env is None:
+        return ()
+    value = os.environ.get(creds.password_env, "")
+    return (value,) if value else ()
+
+
+def scrub(text: str, secrets: Sequence[str]) -> str:
+    """Return ``text`` with every secret value replaced by ``***``."""
+    for secret in secrets:
+        text = text.replace(secret, MASK)
+    return text
+
+
+def _reason(reason: str, language: str) -> str:
+    label = _REASONS[language].get(reason)
+    return f"{reason} ({label})" if label else reason
+
+
+def _contract_line(ctx: DownContext, today: date, t: dict[str, str]) -> str:
+    contract = ctx.contract
+    if contract is None:
+        return t["not_covered"] + ("" if ctx.facts else t["serial_unknown"])
+    values = {"number": contract.number, "start": contract.start.isoformat(), "end": contract.end.isoformat(),
+              "today": today.isoformat()}
+    if contract_valid(contract, today):
+        return t["valid"].format(**values)
+    why = t["ended"] if today > contract.end else t["not_started"]
+    return t["expired"].format(why=why, **values)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) if rows else len(header[i])
+              for i in range(len(header))]
+    lines = ["  " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    lines.append("  " + "-+-".join("-" * w for w in widths))
+    for row in rows:
+        lines.append("  " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return lines
+
+
+def _short(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= _MAX_DETAIL_CHARS else flat[: _MAX_DETAIL_CHARS - 1] + "…"
+
+
+def render_down_ticket(ctx: DownContext, language: str) -> Ticket:
+    """Render the critical "device offline" ticket for ``ctx`` in ``language`` (``pl`` or ``en``).
+
+    Raises:
+        ValueError: unknown language.
+    """
+    t = _lang(language)
+    dev, site, facts = ctx.device, ctx.site, ctx.facts
+    tz = site.timezone
+    unknown = t["unknown"]
+    today = ctx.now.astimezone(ZoneInfo(tz)).date()
+    priority = Priority.CRITICAL
+    prio_name = PRIORITY_NAMES[language][priority]
+    situation, window = PRIORITY_DEFINITIONS[language][priority]
+    model = facts.model if facts else dev.model
+    serial = facts.serial if facts else None
+    valid = contract_valid(ctx.contract, today)
+
+    title = f"[{prio_name}] {model} \"{dev.room}\" {t['offline']} — SN {serial or unknown}"
+    lines = [
+        f"{t['priority']}: {prio_name}" + ("" if prio_name == priority.value else f" ({priority.value})"),
+        f"  {situation}",
+        f"  {window}",
+        "",
+        f"{t['device']}:",
+        f"  {t['id']}: {dev.id}",
+        f"  {t['room']}: {dev.room}",
+        f"  {t['model']}: {model}",
+        f"  {t['firmware']}: {facts.firmware if facts else unknown}",
+        f"  {t['serial']}: {serial or unknown}",
+        f"  {t['mac']}: {facts.mac if facts else unknown}",
+        f"  {t['host']}: {dev.host}",
+        "",
+        f"{t['contract']}: {_contract_line(ctx, today, t)}",
+        "",
+        f"{t['site']}: {site.name}",
+        f"  {t['address']}: {site.address}",
+        f"  {t['contact']}: {site.contact.name}, {site.contact.phone}, {site.contact.email}",
+        "",
+        f"{t['observed']}:",
+        f"  {t['last_seen']}: {format_when(ctx.last_seen, tz) if ctx.last_seen else t['never']}",
+        f"  {t['first_failure']}: {format_when(ctx.first_failure_at, tz)}",
+        f"  {t['went_down']}: {format_when(ctx.went_down_at, tz)}, "
+        + t["after_polls"].format(n=ctx.failures),
+        f"  {t['reason']}: {_reason(ctx.reason, language)}",
+        "",
+        f"{t['timeline']}:",
+    ]
+    timeline_rows = [
+        (format_utc(o.at), format_local(o.at, tz), t["pass"] if o.ok else t["fail"],
+         _reason(o.reason, language), f"{o.duration_s:.2f} s", _short(o.detail))
+        for o in sorted(ctx.timeline, key=lambda o: o.at)
+    ]
+    header = (t["col_utc"], f"{t['col_local']} ({tz})", t["col_result"], t["col_reason"],
+              t["col_duration"], t["col_detail"])
+    lines += _table(header, timeline_rows) if timeline_rows else ["  —"]
+    lines += ["", f"{t['tests']}:"]
+    check_rows = [(c.check, t["pass"] if c.ok else t["fail"], f"{c.latency_ms:.1f}") for c in ctx.checks]
+    lines += (
+        _table((t["col_check"], t["col_result"], t["col_latency"]), check_rows)
+        if check_rows else [f"  {t['no_tests']}"]
+    )
+    failed = [c for c in ctx.checks if not c.ok]
+    lines += ["", f"{t['failed']}:"]
+    lines += [f"  - {c.check}: {_short(c.detail) or t['fail']}" for c in failed] or [f"  {t['none_failed']}"]
+    lines += ["", f"{t['attachments']}:"]
+    attached = t["log_attached"].format(name=ctx.attachment_name) if ctx.attachment_name else t["no_log"]
+    lines += [f"  {attached}", "", t["verify"], t["footer"].format(now=format_when(ctx.now, tz))]
+
+    fields: dict[str, Any] = {
+        "device": dev.id,
+        "room": dev.room,
+        "model": model,
+        "firmware": facts.firmware if facts else None,
+        "serial": serial,
+        "mac": facts.mac if facts else None,
+        "host": dev.host,
+        "contract": ctx.contract.number if ctx.contract else None,
+        "contract_valid": valid,
+        "contract_end": ctx.contract.end.isoformat() if ctx.contract else None,
+        "site": site.name,
+        "address": site.address,
+        "contact_name": site.contact.name,
+        "contact_phone": site.contact.phone,
+        "contact_email": site.contact.email,
+        "problem": PROBLEM_OFFLINE,
+        "priority": priority.value,
+        "last_seen": ctx.last_seen.astimezone(UTC).isoformat() if ctx.last_seen else None,
+        "first_failure_at": ctx.first_failure_at.astimezone(UTC).isoformat(),
+        "went_down_at": ctx.went_down_at.astimezone(UTC).isoformat(),
+        "failures": ctx.failures,
+        "reason": ctx.reason,
+        "timezone": tz,
+        "language": language,
+    }
+    secrets = device_secrets(dev)
+    return Ticket(
+        key=incident_key(site.name, dev.id, PROBLEM_OFFLINE),
+        title=scrub(title, secrets),
+        body=scrub("\n".join(lines) + "\n", secrets),
+        priority=priority,
+        fields={k: scrub(v, secrets) if isinstance(v, str) else v for k, v in fields.items()},
+    )
+
+
+def render_recovery_comment(
+    device: Device, downtime_s: float, at: datetime, site: Site, language: str
+) -> str:
+    """Render the comment that says the device answers again, with the downtime.
+
+    Raises:
+        ValueError: unknown language.
+    """
+    t = _lang(language)
+    text = t["recovered"].format(
+        device=device.id, model=device.model, room=device.room, site=site.name,
+        when=format_when(at, site.timezone), downtime=format_duration(downtime_s, language),
+    )
+    return scrub(text, device_secrets(device))
+
+
+def render_resolve_comment(device: Device, downtime_s: float, at: datetime, site: Site, language: str) -> str:
+    """Render the closing comment of an auto-resolved offline ticket.
+
+    Raises:
+        ValueError: unknown language.
+    """
+    t = _lang(language)
+    text = t["resolved"].format(
+        device=device.id, when=format_when(at, site.timezone), downtime=format_duration(downtime_s, language),
+    )
+    return scrub(text, device_secrets(device))

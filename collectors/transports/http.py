@@ -1,0 +1,394 @@
+"""HTTP(S) to one device: shared TLS contexts, TOFU pinning, byte and time caps.
+
+Every requests/urllib3/ssl/socket exception is translated here, once, into
+:mod:`collectors.errors`. Connections share two module-level :class:`ssl.SSLContext` objects
+(see :mod:`collectors.transports.http_pool`). A response is bounded in bytes (``max_bytes``)
+and in time: per socket operation by the connect/read timeouts, and per request by an overall
+deadline enforced both between body chunks and by a watchdog that shuts the socket down, so a
+drip-feeding device cannot hold a poll, not even while the headers are still arriving.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import ipaddress
+import json as jsonlib
+import os
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+import urllib3.exceptions
+from urllib3.response import HTTPResponse as Urllib3Response
+
+from collectors.errors import (
+    AuthFailed,
+    CollectorError,
+    DeviceTimeout,
+    DeviceUnreachable,
+    IdentityChanged,
+    UnexpectedResponse,
+)
+from collectors.pins import PinStore, pin_key
+from collectors.transports.http_pool import (
+    NO_VERIFY_CONTEXT,
+    Deadline,
+    SharedContextAdapter,
+    verify_context,
+)
+
+__all__ = [
+    "NO_VERIFY_CONTEXT",
+    "TLS_MODES",
+    "HttpResponse",
+    "HttpTransport",
+    "SharedContextAdapter",
+    "verify_context",
+]
+
+CHUNK_BYTES = 64 * 1024
+TLS_MODES = ("pin", "verify", "insecure")
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """A complete, size-capped answer from a device; ``source`` names it in error messages."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    elapsed_ms: float
+    source: str = ""
+    connect_ms: float | None = None
+
+    def json(self) -> Any:
+        """Decode the body as JSON.
+
+        Raises:
+            UnexpectedResponse: the body is not UTF-8 JSON.
+        """
+        try:
+            return jsonlib.loads(self.body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as err:
+            raise UnexpectedResponse(
+                f"{self.source}: answer is not JSON ({len(self.body)} bytes, {type(err).__name__})"
+            ) from err
+
+
+# --- error translation ----------------------------------------------------------------------
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    """Every exception reachable from ``err`` through causes, contexts, ``reason`` and args."""
+    seen: list[BaseException] = []
+    todo: list[BaseException] = [err]
+    while todo:
+        cur = todo.pop(0)
+        if any(cur is s for s in seen) or len(seen) > 20:
+            continue
+        seen.append(cur)
+        nxt: list[Any] = [cur.__cause__, cur.__context__, getattr(cur, "reason", None), *cur.args]
+        todo.extend(x for x in nxt if isinstance(x, BaseException))
+    return seen
+
+
+def _refusal(chain: list[BaseException]) -> str | None:
+    """Name a definite network-level refusal (DNS, refused, no route, reset), if there is one."""
+    for exc in chain:
+        if isinstance(exc, socket.gaierror):
+            return "DNS lookup failed"
+    for exc in chain:
+        if isinstance(exc, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            return "no route to host"
+        if isinstance(exc, ConnectionResetError):
+            return "connection reset by the device"
+    return None
+
+
+def _why(err: BaseException) -> str:
+    """A short, secret-free description of a connection-level failure."""
+    chain = _chain(err)
+    refused = _refusal(chain)
+    if refused:
+        return refused
+    for exc in chain:
+        if isinstance(exc, ssl.SSLError):
+            return f"TLS failed: {exc.reason or exc}"
+    for exc in chain:
+        if isinstance(exc, OSError) and exc.strerror:
+            return exc.strerror.lower()
+    last = chain[-1]
+    return f"{type(last).__name__}: {str(last)[:160]}"
+
+
+def _fingerprint_seen(err: BaseException) -> str:
+    for exc in _chain(err):
+        text = str(exc)
+        if "Fingerprints did not match" in text and 'got "' in text:
+            return text.split('got "', 1)[1].split('"', 1)[0]
+    return "unknown"
+
+
+class HttpTransport:
+    """HTTP(S) to one device, with TLS pinning, byte caps and deadlines; one instance per device."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        scheme: str,
+        tls_mode: str,
+        pins: PinStore | None,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+        max_bytes: int,
+        total_timeout_s: float | None = None,
+    ) -> None:
+        """Prepare (without connecting) a transport to ``scheme://host:port``.
+
+        Raises:
+            ValueError: unknown scheme or TLS mode.
+        """
+        if scheme not in ("http", "https"):
+            raise ValueError(f"scheme must be http or https, not {scheme!r}")
+        if tls_mode not in TLS_MODES:
+            raise ValueError(f"tls mode must be one of {', '.join(TLS_MODES)}, not {tls_mode!r}")
+        self.host, self.port, self.scheme, self.tls_mode = host, port, scheme, tls_mode
+        self.label = pin_key(host, port)
+        self._pins = pins if pins is not None else PinStore(None)
+        self._timeouts = (connect_timeout_s, read_timeout_s)
+        self.max_bytes = max_bytes
+        self.total_timeout_s = total_timeout_s or 2 * (connect_timeout_s + read_timeout_s)
+        self._base = f"{scheme}://{self.label}"
+        self._lock = threading.Lock()
+        self._mounted = False
+        self._mounted_pin: str | None = None
+        self._session = requests.Session()
+        self._session.trust_env = False  # no proxy, .netrc or CA bundle from the environment
+        self._session.headers.update({"Accept-Encoding": "identity", "User-Agent": "hezo-agent"})
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The pinned SHA-256 of the device's certificate (pin mode), else None."""
+        return self._pins.get(self.label) if self.tls_mode == "pin" else None
+
+    def request(
+        self, method: str, path: str, *, json: Any = None, headers: Mapping[str, str] | None = None
+    ) -> HttpResponse:
+        """Send one request and read the whole (capped) answer.
+
+        Raises:
+            DeviceUnreachable, DeviceTimeout, IdentityChanged, AuthFailed (401/403),
+            UnexpectedResponse (over ``max_bytes``).
+        """
+        source = f"{self.label} {method} {path}"
+        started = time.perf_counter()
+        with Deadline(self.total_timeout_s) as deadline:
+            resp = self._send(method, path, json, headers, deadline, source)
+            try:
+                self._check_status(resp.status_code, source)
+                body = b"".join(self._chunks(resp.raw, deadline, source, self.max_bytes))
+            except BaseException:
+                resp.close()
+                raise
+            resp.raw.release_conn()
+        return HttpResponse(
+            status=resp.status_code,
+            headers={k.lower(): v for k, v in resp.headers.items()},
+            body=body,
+            elapsed_ms=(time.perf_counter() - started) * 1000,
+            source=source,
+            connect_ms=deadline.connect_ms,
+        )
+
+    def download(
+        self,
+        path: str,
+        dest: Path,
+        *,
+        headers: Mapping[str, str] | None = None,
+        max_bytes: int,
+        method: str = "GET",
+        total_timeout_s: float | None = None,
+    ) -> tuple[int, str]:
+        """Stream ``path`` into ``dest``; return (size in bytes, sha256 hex). No partial file survives.
+
+        Raises:
+            DeviceUnreachable, DeviceTimeout, IdentityChanged, AuthFailed,
+            UnexpectedResponse (non-2xx or over ``max_bytes``), CollectorError (cannot write).
+        """
+        source = f"{self.label} {method} {path}"
+        tmp = dest.with_name(dest.name + ".part")
+        digest, size = hashlib.sha256(), 0
+        with Deadline(total_timeout_s or self.total_timeout_s) as deadline:
+            resp = self._send(method, path, None, headers, deadline, source)
+            try:
+                self._check_status(resp.status_code, source)
+                if not 200 <= resp.status_code < 300:
+                    raise UnexpectedResponse(f"{source}: answered HTTP {resp.status_code}")
+                with tmp.open("wb") as fh:
+                    for chunk in self._chunks(resp.raw, deadline, source, max_bytes):
+                        size += len(chunk)
+                        digest.update(chunk)
+                        fh.write(chunk)
+                os.replace(tmp, dest)
+            except BaseException as err:
+                resp.close()
+                tmp.unlink(missing_ok=True)
+                if isinstance(err, OSError):
+                    raise CollectorError(f"{source}: cannot write {dest}: {err.strerror}") from err
+                raise
+            resp.raw.release_conn()
+        return size, digest.hexdigest()
+
+    def close_idle(self) -> None:
+        """Close pooled keep-alive connections (one poll's worth); the transport stays usable."""
+        for adapter in self._session.adapters.values():
+            adapter.close()
+
+    def close(self) -> None:
+        """Release every connection."""
+        self._session.close()
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        json: Any,
+        headers: Mapping[str, str] | None,
+        deadline: Deadline,
+        source: str,
+    ) -> requests.Response:
+        self._mount()
+        try:
+            return self._session.request(
+                method,
+                self._base + path,
+                json=json,
+                headers=dict(headers or {}),
+                timeout=self._timeouts,
+                stream=True,
+                allow_redirects=False,
+            )
+        except requests.RequestException as err:
+            raise self._translate(err, deadline, source) from err
+
+    def _chunks(self, raw: Urllib3Response, deadline: Deadline, source: str, cap: int) -> Iterator[bytes]:
+        """Yield body chunks as they arrive, stopping at the overall deadline or past ``cap`` bytes."""
+        declared = str(raw.headers.get("content-length", ""))
+        if declared.isdigit() and int(declared) > cap:
+            raise UnexpectedResponse(f"{source}: answer of {declared} bytes exceeds the {cap}-byte cap")
+        total = 0
+        while True:
+            if deadline.expired():
+                raise DeviceTimeout(f"{source}: answer not complete within {deadline.seconds:g} s")
+            try:
+                chunk = raw.read1(CHUNK_BYTES, decode_content=True)
+            except (urllib3.exceptions.HTTPError, OSError) as err:
+                raise self._translate(err, deadline, source) from err
+            if not chunk:
+                if deadline.fired:  # the watchdog cut the socket: a short answer is not a complete one
+                    raise DeviceTimeout(f"{source}: answer not complete within {deadline.seconds:g} s")
+                return
+            total += len(chunk)
+            if total > cap:
+                raise UnexpectedResponse(f"{source}: answer exceeds the {cap}-byte cap")
+            yield chunk
+
+    def _check_status(self, status: int, source: str) -> None:
+        if status in (401, 403):
+            raise AuthFailed(f"{source}: device rejected the credentials (HTTP {status})")
+
+    def _translate(self, err: BaseException, deadline: Deadline, source: str) -> CollectorError:
+        chain = _chain(err)
+        if deadline.fired:
+            return DeviceTimeout(f"{source}: answer not complete within {deadline.seconds:g} s")
+        if any("Fingerprints did not match" in str(e) for e in chain):
+            return self._identity_changed(_fingerprint_seen(err))
+        refused = _refusal(chain)
+        if refused:
+            return DeviceUnreachable(f"{source}: {refused}")
+        connect_s, read_s = self._timeouts
+        if isinstance(err, requests.ConnectTimeout) or any(
+            isinstance(e, urllib3.exceptions.ConnectTimeoutError)
+            and not isinstance(e, urllib3.exceptions.NewConnectionError)
+            for e in chain
+        ):
+            return DeviceTimeout(f"{source}: connect timed out after {connect_s:g} s")
+        if any(
+            isinstance(e, (requests.ReadTimeout, urllib3.exceptions.ReadTimeoutError, TimeoutError))
+            for e in chain
+        ):
+            return DeviceTimeout(f"{source}: no answer within {read_s:g} s")
+        return DeviceUnreachable(f"{source}: {_why(err)}")
+
+    def _identity_changed(self, seen: str) -> IdentityChanged:
+        expected = self._pins.get(self.label) or "unknown"
+        return IdentityChanged(
+            f"{self.label}: TLS certificate changed: pinned sha256 {expected[:16]}…, device now presents "
+            f"{seen[:16]}…; no credentials were sent. Check the device, then remove its pin to re-trust."
+        )
+
+    def _mount(self) -> None:
+        """Mount an adapter for the current TLS mode and pin, pinning on first contact."""
+        pin: str | None = None
+        ctx = NO_VERIFY_CONTEXT
+        if self.scheme == "https" and self.tls_mode == "pin":
+            pin = self._pin()
+        elif self.scheme == "https" and self.tls_mode == "verify":
+            ctx = verify_context()
+        with self._lock:
+            if self._mounted and self._mounted_pin == pin:
+                return
+            old = self._session.adapters.get(self._base + "/")
+            self._session.mount(self._base + "/", SharedContextAdapter(ctx, pin))
+            self._mounted, self._mounted_pin = True, pin
+        if old is not None:
+            old.close()
+
+    def _pin(self) -> str:
+        try:
+            pinned = self._pins.get(self.label)
+            if pinned is None:
+                pinned = self._pins.pin_if_absent(self.label, self._fetch_fingerprint())
+        except (ValueError, OSError) as err:
+            raise CollectorError(f"{self.label}: pin store problem: {err}") from err
+        return pinned
+
+    def _fetch_fingerprint(self) -> str:
+        """Handshake once (bounded by the connect timeout) and hash the leaf certificate's DER.
+
+        Raises:
+            DeviceUnreachable, DeviceTimeout: as for a request.
+        """
+        source = f"{self.label} TLS handshake"
+        timeout = self._timeouts[0]
+        try:
+            ipaddress.ip_address(self.host)
+            sni: str | None = None
+        except ValueError:
+            sni = self.host
+        try:
+            with socket.create_connection((self.host, self.port), timeout=timeout) as raw:
+                raw.settimeout(timeout)
+                with NO_VERIFY_CONTEXT.wrap_socket(raw, server_hostname=sni) as tls:
+                    der = tls.getpeercert(binary_form=True)
+        except TimeoutError as err:
+            raise DeviceTimeout(f"{source}: no answer within {timeout:g} s") from err
+        except OSError as err:
+            raise DeviceUnreachable(f"{source}: {_why(err)}") from err
+        if not der:
+            raise DeviceUnreachable(f"{source}: the device presented no certificate")
+        return hashlib.sha256(der).hexdigest()

@@ -1,0 +1,425 @@
+"""HttpTransport against real servers on 127.0.0.1: errors, deadlines, byte caps, TOFU pinning."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import ipaddress
+import json
+import os
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from collectors.errors import (
+    AuthFailed,
+    DeviceTimeout,
+    DeviceUnreachable,
+    IdentityChanged,
+    UnexpectedResponse,
+)
+from collectors.pins import PinStore, pin_key
+from collectors.transports.http import (
+    NO_VERIFY_CONTEXT,
+    HttpTransport,
+    SharedContextAdapter,
+    verify_context,
+)
+
+Handler = Callable[[socket.socket, "Server"], None]
+
+
+def make_cert(folder: Path, name: str) -> tuple[ssl.SSLContext, str]:
+    """A throwaway self-signed certificate for 127.0.0.1: (server context, sha256 of its DER)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / f"{name}.crt", folder / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert_path, key_path)
+    return ctx, hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+class Server:
+    """A tiny TCP (optionally TLS) server on 127.0.0.1 running ``handler`` per connection."""
+
+    def __init__(self, handler: Handler, tls: ssl.SSLContext | None = None, port: int = 0) -> None:
+        self.handler, self.tls = handler, tls
+        self.sock = socket.create_server(("127.0.0.1", port))
+        self.port = self.sock.getsockname()[1]
+        self.received = bytearray()
+        self.stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(5)
+        try:
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            self.handler(conn, self)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def read_request(self, conn: socket.socket) -> bytes:
+        """Read one request head (and a Content-Length body), record it, return it."""
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                while len(body) < int(line.split(b":")[1]):
+                    body += conn.recv(65536)
+        self.received += head + b"\r\n\r\n" + body
+        return head + b"\r\n\r\n" + body
+
+    def close(self) -> None:
+        self.stop.set()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept() so the port is freed
+        self.sock.close()
+        for thread in self._threads:
+            thread.join(timeout=2)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., Server]]:
+    servers: list[Server] = []
+
+    def start(handler: Handler, tls: ssl.SSLContext | None = None, port: int = 0) -> Server:
+        servers.append(Server(handler, tls, port))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def answer(status: int = 200, body: bytes = b"{}") -> Handler:
+    """A handler that reads one request and answers with ``body``."""
+
+    def handle(conn: socket.socket, server: Server) -> None:
+        server.read_request(conn)
+        head = f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\nContent-Type: application/json\r\n\r\n"
+        conn.sendall(head.encode() + body)
+
+    return handle
+
+
+def unbounded(payload: bytes, pause_s: float = 0.0, head: bytes = b"HTTP/1.1 200 OK\r\n\r\n") -> Handler:
+    """A handler that sends ``head`` then repeats ``payload`` (close-delimited body) for up to 5 s."""
+
+    def handle(conn: socket.socket, server: Server) -> None:
+        server.read_request(conn)
+        conn.sendall(head)
+        give_up = time.monotonic() + 5  # so a broken deadline fails the test instead of hanging it
+        while not server.stop.is_set() and time.monotonic() < give_up:
+            conn.sendall(payload)
+            if pause_s:
+                server.stop.wait(pause_s)
+
+    return handle
+
+
+def hang(conn: socket.socket, server: Server) -> None:
+    """Accept, read whatever arrives, never answer."""
+    while not server.stop.is_set():
+        try:
+            chunk = conn.recv(65536)
+        except TimeoutError:
+            continue
+        if not chunk:
+            return
+        server.received += chunk
+
+
+def transport(
+    port: int,
+    *,
+    scheme: str = "https",
+    tls: str = "insecure",
+    pins: PinStore | None = None,
+    timeout_s: float = 2.0,
+    max_bytes: int = 100_000,
+    total_s: float | None = None,
+) -> HttpTransport:
+    return HttpTransport(
+        host="127.0.0.1",
+        port=port,
+        scheme=scheme,
+        tls_mode=tls,
+        pins=pins,
+        connect_timeout_s=timeout_s,
+        read_timeout_s=timeout_s,
+        max_bytes=max_bytes,
+        total_timeout_s=total_s,
+    )
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[ssl.SSLContext, str]]:
+    folder = tmp_path_factory.mktemp("certs")
+    return {name: make_cert(folder, name) for name in ("one", "two")}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_json_answer_over_https_is_returned_whole(serve, certs) -> None:
+    server = serve(answer(body=b'{"data": {"serial": "S1"}}'), certs["one"][0])
+    resp = transport(server.port).request("GET", "/api/device/info")
+    assert (resp.status, resp.json(), resp.headers["content-type"]) == (
+        200,
+        {"data": {"serial": "S1"}},
+        "application/json",
+    )
+    assert resp.elapsed_ms > 0 and resp.connect_ms is not None
+    assert server.received.startswith(b"GET /api/device/info HTTP/1.1")
+
+
+def test_refused_port_is_unreachable_and_names_host() -> None:
+    port = free_port()
+    with pytest.raises(DeviceUnreachable, match=rf"127\.0\.0\.1:{port} .*connection refused"):
+        transport(port, scheme="http").request("GET", "/")
+
+
+def test_refused_port_in_pin_mode_is_unreachable_and_pins_nothing(tmp_path: Path) -> None:
+    pins = PinStore(tmp_path / "pins.json")
+    with pytest.raises(DeviceUnreachable, match="connection refused"):
+        transport(free_port(), tls="pin", pins=pins).request("GET", "/")
+    assert pins.snapshot() == {}
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_silent_server_times_out_within_the_read_timeout(serve, scheme: str) -> None:
+    server = serve(hang)
+    started = time.monotonic()
+    with pytest.raises(DeviceTimeout, match=r"127\.0\.0\.1:\d+"):
+        transport(server.port, scheme=scheme, timeout_s=0.3).request("GET", "/")
+    assert time.monotonic() - started < 1.2
+
+
+def test_silent_server_on_first_contact_times_out_without_pinning(serve, tmp_path: Path) -> None:
+    server = serve(hang)
+    pins = PinStore(tmp_path / "pins.json")
+    with pytest.raises(DeviceTimeout):
+        transport(server.port, tls="pin", pins=pins, timeout_s=0.3).request("GET", "/")
+    assert pins.snapshot() == {}
+
+
+def test_drip_fed_body_hits_the_overall_deadline(serve, certs) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 90000\r\n\r\n"
+    server = serve(unbounded(b"x", pause_s=0.02, head=head), certs["one"][0])
+    started = time.monotonic()
+    with pytest.raises(DeviceTimeout, match=r"within 0\.6 s"):
+        transport(server.port, timeout_s=0.3, total_s=0.6).request("GET", "/")
+    assert time.monotonic() - started < 1.5
+
+
+def test_drip_fed_headers_hit_the_overall_deadline(serve) -> None:
+    server = serve(unbounded(b"x", pause_s=0.02, head=b"HTTP/1.1 200 OK\r\nX-Slow: "))
+    started = time.monotonic()
+    with pytest.raises(DeviceTimeout, match=r"within 0\.6 s"):
+        transport(server.port, scheme="http", timeout_s=0.3, total_s=0.6).request("GET", "/")
+    assert time.monotonic() - started < 1.5
+
+
+def test_declared_huge_body_is_refused_at_the_cap(serve, certs) -> None:
+    server = serve(answer(body=b"x" * 200_000), certs["one"][0])
+    with pytest.raises(UnexpectedResponse, match="exceeds the 100000-byte cap"):
+        transport(server.port).request("GET", "/")
+
+
+def test_endless_body_is_cut_at_the_cap(serve, certs) -> None:
+    server = serve(unbounded(b"y" * 4096), certs["one"][0])
+    with pytest.raises(UnexpectedResponse, match="exceeds the 100000-byte cap"):
+        transport(server.port).request("GET", "/")
+
+
+def test_bad_json_is_an_unexpected_response(serve) -> None:
+    server = serve(answer(body=b"<html>oops</html>"))
+    resp = transport(server.port, scheme="http").request("GET", "/x")
+    with pytest.raises(UnexpectedResponse, match=r"127\.0\.0\.1:\d+ GET /x: answer is not JSON"):
+        resp.json()
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_rejected_credentials_are_auth_failed_without_the_password(serve, status: int) -> None:
+    server = serve(answer(status=status))
+    with pytest.raises(AuthFailed, match=f"HTTP {status}") as caught:
+        transport(server.port, scheme="http").request("POST", "/login", json={"password": "s3cret-pw"})
+    assert "s3cret-pw" not in str(caught.value)
+    assert b"s3cret-pw" in server.received  # it was sent, so the message really left it out
+
+
+def test_first_contact_pins_and_the_same_certificate_keeps_working(serve, certs, tmp_path: Path) -> None:
+    ctx, sha = certs["one"]
+    server = serve(answer(body=b'{"ok": true}'), ctx)
+    pins = PinStore(tmp_path / "pins.json")
+    t = transport(server.port, tls="pin", pins=pins)
+    assert t.request("GET", "/").json() == {"ok": True}
+    assert json.loads((tmp_path / "pins.json").read_text()) == {f"127.0.0.1:{server.port}": sha}
+    assert t.fingerprint == sha
+    again = transport(server.port, tls="pin", pins=PinStore(tmp_path / "pins.json"))
+    assert again.request("GET", "/").json() == {"ok": True}
+
+
+def test_changed_certificate_fails_before_any_request_is_sent(serve, certs, tmp_path: Path) -> None:
+    pins = PinStore(tmp_path / "pins.json")
+    first = serve(answer(body=b"{}"), certs["one"][0])
+    t = transport(first.port, tls="pin", pins=pins)
+    t.request("GET", "/")
+    t.close()
+    first.close()
+    impostor = serve(hang, certs["two"][0], port=first.port)
+    with pytest.raises(IdentityChanged) as caught:
+        t.request("POST", "/api/auth/login", json={"username": "admin", "password": "s3cret-pw"})
+    impostor.close()  # joins the handler: everything the impostor got is recorded
+    assert bytes(impostor.received) == b""
+    message = str(caught.value)
+    assert f"127.0.0.1:{first.port}" in message
+    assert certs["one"][1][:16] in message and certs["two"][1][:16] in message
+    assert pins.get(pin_key("127.0.0.1", first.port)) == certs["one"][1]  # never silently re-trusted
+
+
+def test_verify_mode_rejects_a_self_signed_certificate(serve, certs) -> None:
+    server = serve(answer(), certs["one"][0])
+    with pytest.raises(DeviceUnreachable, match="TLS failed: CERTIFICATE_VERIFY_FAILED"):
+        transport(server.port, tls="verify").request("GET", "/")
+    assert server.received == b""
+
+
+def test_no_connection_loads_a_ca_bundle_of_its_own(serve, certs, monkeypatch: pytest.MonkeyPatch) -> None:
+    verify_context()  # built once, up front
+    loads: list[object] = []
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", lambda *a, **k: loads.append(a))
+    monkeypatch.setattr(ssl.SSLContext, "load_default_certs", lambda *a, **k: loads.append(a))
+    server = serve(answer(), certs["one"][0])
+    for mode in ("insecure", "pin", "verify"):
+        with contextlib.suppress(DeviceUnreachable):
+            transport(server.port, tls=mode).request("GET", "/")
+    assert loads == []
+
+
+def test_adapters_share_one_context_per_mode() -> None:
+    a, b = SharedContextAdapter(NO_VERIFY_CONTEXT, None), SharedContextAdapter(NO_VERIFY_CONTEXT, "ab" * 32)
+    assert a.poolmanager.connection_pool_kw["ssl_context"] is b.poolmanager.connection_pool_kw["ssl_context"]
+    assert b.poolmanager.connection_pool_kw["assert_fingerprint"] == "ab" * 32
+
+
+def test_ipv6_hosts_are_bracketed() -> None:
+    t = HttpTransport(
+        host="::1",
+        port=8443,
+        scheme="https",
+        tls_mode="pin",
+        pins=None,
+        connect_timeout_s=1,
+        read_timeout_s=1,
+        max_bytes=10,
+    )
+    assert t.label == "[::1]:8443" == pin_key("::1", 8443)
+
+
+def test_download_streams_to_disk_with_its_sha256(serve, certs, tmp_path: Path) -> None:
+    payload = os.urandom(300_000)
+    server = serve(answer(body=payload), certs["one"][0])
+    dest = tmp_path / "dev.tar.gz"
+    size, sha = transport(server.port).download("/api/log/export", dest, max_bytes=1_000_000)
+    assert (size, sha) == (len(payload), hashlib.sha256(payload).hexdigest())
+    assert dest.read_bytes() == payload
+    assert list(tmp_path.iterdir()) == [dest]
+
+
+def test_download_over_the_cap_leaves_no_file(serve, certs, tmp_path: Path) -> None:
+    server = serve(unbounded(os.urandom(4096)), certs["one"][0])
+    dest = tmp_path / "dev.tar.gz"
+    with pytest.raises(UnexpectedResponse, match="exceeds the 50000-byte cap"):
+        transport(server.port).download("/api/log/export", dest, max_bytes=50_000)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_of_an_error_page_leaves_no_file(serve, tmp_path: Path) -> None:
+    server = serve(answer(status=500, body=b"boom"))
+    with pytest.raises(UnexpectedResponse, match="HTTP 500"):
+        transport(server.port, scheme="http").download("/logs", tmp_path / "x.tar.gz", max_bytes=1000)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_keep_alive_connection_is_reused_within_a_poll(serve, certs) -> None:
+    def two_answers(conn: socket.socket, server: Server) -> None:
+        for _ in range(2):
+            server.read_request(conn)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+
+    server = serve(two_answers, certs["one"][0])
+    t = transport(server.port)
+    first, second = t.request("GET", "/a"), t.request("GET", "/b")
+    assert first.connect_ms is not None and second.connect_ms is None
+    assert server.received.count(b"HTTP/1.1\r\n") == 2
+
+
+def test_pin_store_adds_but_never_overwrites_and_sees_other_writers(tmp_path: Path) -> None:
+    path = tmp_path / "pins.json"
+    store, other = PinStore(path), PinStore(path)
+    assert store.pin_if_absent("10.0.0.1:443", "AA" * 32) == "aa" * 32
+    assert store.pin_if_absent("10.0.0.1:443", "bb" * 32) == "aa" * 32
+    assert other.get("10.0.0.1:443") == "aa" * 32  # read from disk, not memory
+    assert other.forget("10.0.0.1:443") and store.get("10.0.0.1:443") is None
+    assert [p.name for p in tmp_path.iterdir()] == ["pins.json"]  # no temp files left
+
+
+def test_corrupt_pin_file_is_refused_not_reset(tmp_path: Path) -> None:
+    path = tmp_path / "pins.json"
+    path.write_text('{"10.0.0.1:443": "not-a-digest"}')
+    with pytest.raises(ValueError, match="SHA-256"):
+        PinStore(path)
+    assert "not-a-digest" in path.read_text()

@@ -1,0 +1,444 @@
+"""The Yealink HTTP driver: the fixture contract for every captured firmware, then auth and errors.
+
+Each ``tests/fixtures/<model>/<firmware>/`` folder holds a device's recorded answers
+(``login.json`` plus one ``<endpoint>.json`` per endpoint of the model's profile) and
+``expected.json``. Adding a firmware capture means adding a folder: no new test code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import json
+import socket
+import ssl
+import tarfile
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from collectors.base import Collector
+from collectors.errors import AuthFailed, DeviceUnreachable, IdentityChanged, UnexpectedResponse
+from collectors.jsonpath import PathMissing, get_path, set_path
+from collectors.pins import PinStore
+from collectors.registry import DRIVERS, UnknownDriver, build_collector
+from collectors.yealink import YealinkHttpCollector
+from config.loader import DEFAULT_PROFILE, load_profile
+from config.schema import Credentials, Device, Profile
+
+FIXTURES = Path(__file__).parent / "fixtures"
+MODELS = ("A20", "A30", "MVC")
+PASSWORD = "fixture-Pa55-w0rd"
+CAPTURES = sorted(
+    p for m in MODELS if (FIXTURES / m).is_dir() for p in (FIXTURES / m).iterdir() if p.is_dir()
+)
+
+
+def tls_context(folder: Path) -> ssl.SSLContext:
+    """A server context with a throwaway self-signed certificate for 127.0.0.1."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "yealink-fixture")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    pem_cert, pem_key = folder / "device.crt", folder / "device.key"
+    pem_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem_key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pem_cert, pem_key)
+    return ctx
+
+
+class FakeDevice:
+    """A real HTTPS server on 127.0.0.1 answering a profile's paths from a fixture folder."""
+
+    def __init__(self, profile: Profile, answers: dict[str, Any], tls: ssl.SSLContext) -> None:
+        self.profile, self.answers = profile, answers
+        self.token = "" if profile.auth.kind == "none" else _token(profile, answers["login"])
+        self.requests: list[tuple[str, str]] = []
+        self.logins = 0
+        self.reject_tokens = 0  # answer 401 to this many authenticated requests
+        self.overrides: dict[str, tuple[int, bytes]] = {}
+        self._serve(tls, 0)
+
+    def _serve(self, tls: ssl.SSLContext, port: int) -> None:
+        device = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle stalls
+                super().setup()
+
+            def do_GET(self) -> None:
+                device.handle(self)
+
+            def do_POST(self) -> None:
+                device.handle(self)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02})
+        self._thread.start()
+
+    def restart(self, tls: ssl.SSLContext) -> None:
+        """Stop and serve again on the same port, now with ``tls`` (e.g. another certificate)."""
+        self.close()
+        self._serve(tls, self.port)
+
+    def handle(self, req: BaseHTTPRequestHandler) -> None:
+        length = int(req.headers.get("Content-Length") or 0)
+        body = req.rfile.read(length) if length else b""
+        self.requests.append((req.command, req.path))
+        status, payload = self.route(req, body)
+        req.send_response(status)
+        req.send_header("Content-Type", "application/json")
+        req.send_header("Content-Length", str(len(payload)))
+        req.end_headers()
+        req.wfile.write(payload)
+
+    def route(self, req: BaseHTTPRequestHandler, body: bytes) -> tuple[int, bytes]:
+        auth = self.profile.auth
+        if auth.login is not None and req.path == auth.login.path:
+            sent = json.loads(body or b"{}")
+            if sent.get(auth.username_field) != "admin" or sent.get(auth.password_field) != PASSWORD:
+                return 401, b'{"ret": "failed"}'
+            self.logins += 1
+            return 200, json.dumps(self.answers["login"]).encode()
+        for name, endpoint in self.profile.endpoints.items():
+            if req.path == endpoint.path and req.command == endpoint.method:
+                if auth.kind == "token" and req.headers.get(auth.token_header) != self.token:
+                    return 401, b"{}"
+                if auth.kind == "token" and self.reject_tokens > 0:
+                    self.reject_tokens -= 1
+                    return 401, b"{}"
+                if name in self.overrides:
+                    return self.overrides[name]
+                if name in self.answers:
+                    return 200, json.dumps(self.answers[name]).encode()
+        return 404, b"{}"
+
+    def paths(self) -> list[str]:
+        return [path for _, path in self.requests]
+
+    def close(self) -> None:
+        if not self._thread.is_alive():
+            return
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(timeout=2)
+
+
+def _token(profile: Profile, login_answer: Any) -> str:
+    current = login_answer
+    for part in profile.auth.token_path.split("."):
+        current = current[part]
+    return str(current)
+
+
+def load_answers(folder: Path) -> dict[str, Any]:
+    return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json") if p.stem != "expected"}
+
+
+@pytest.fixture(scope="module")
+def server_tls(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
+    return tls_context(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def device_for(server_tls: ssl.SSLContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Start a FakeDevice for a model + answers; return it with a collector built by the registry."""
+    started: list[tuple[FakeDevice, Collector]] = []
+    monkeypatch.setenv("HEZO_TEST_DEVICE_PW", PASSWORD)
+
+    def start(
+        model: str, answers: dict[str, Any], *, password: str | None = PASSWORD, **kw: Any
+    ) -> tuple[FakeDevice, Collector]:
+        profile = load_profile(DEFAULT_PROFILE[model])
+        fake = FakeDevice(profile, answers, server_tls)
+        device = Device(
+            id=f"room1-{model.lower()}",
+            room="Room 1",
+            site="hq",
+            model=model,  # type: ignore[arg-type]
+            host="127.0.0.1",
+            port=fake.port,
+            credentials=Credentials(username="admin", password_env="HEZO_TEST_DEVICE_PW"),
+        )
+        options: dict[str, Any] = {
+            "timeout_s": 2.0,
+            "max_response_bytes": 100_000,
+            "max_log_bytes": 1_000_000,
+        }
+        options.update(kw)
+        pins = PinStore(tmp_path / "pins.json")
+        collector = build_collector(device, profile, password=password, pins=pins, **options)
+        started.append((fake, collector))
+        return fake, collector
+
+    yield start
+    for fake, collector in started:
+        collector.close()
+        fake.close()
+
+
+def fixture_answers(model: str) -> dict[str, Any]:
+    folder = next(p for p in CAPTURES if p.parent.name == model)
+    return load_answers(folder)
+
+
+# --- the contract: every captured firmware ----------------------------------------------------
+
+
+@pytest.mark.parametrize("capture", CAPTURES, ids=lambda p: f"{p.parent.name}-{p.name}")
+def test_capture_yields_its_expected_sample(capture: Path, device_for: Any) -> None:
+    expected = json.loads((capture / "expected.json").read_text())
+    fake, collector = device_for(capture.parent.name, load_answers(capture))
+
+    sample = collector.collect_health()
+
+    assert asdict(sample.facts) == expected["facts"]
+    assert sample.uptime_s == expected["uptime_s"]
+    assert sample.call_state == expected["call_state"]
+    assert [asdict(p) for p in sample.peripherals] == expected["peripherals"]
+    assert [c.check for c in sample.checks] == expected["checks"]
+    assert all(c.ok and c.latency_ms >= 0 for c in sample.checks)
+    assert sample.latency_ms >= max(c.latency_ms for c in sample.checks)
+    assert sample.device_id == collector.device_id and sample.taken_at.tzinfo is not None
+    endpoint_paths = [e.path for n, e in fake.profile.endpoints.items() if n in expected["checks"]]
+    assert sorted(fake.paths()) == sorted([fake.profile.auth.login.path, *endpoint_paths])  # each once
+    assert collector.collect_facts() == sample.facts
+
+
+def test_every_model_has_a_capture() -> None:
+    assert {p.parent.name for p in CAPTURES} == set(MODELS)
+
+
+# --- auth ----------------------------------------------------------------------------------------
+
+
+def test_token_is_cached_across_polls(device_for: Any) -> None:
+    fake, collector = device_for("A30", fixture_answers("A30"))
+    collector.collect_health()
+    second = collector.collect_health()
+    assert fake.logins == 1
+    assert [c.check for c in second.checks] == ["tls", "info", "status"]
+
+
+def test_expired_token_triggers_one_login_and_the_poll_succeeds(device_for: Any) -> None:
+    fake, collector = device_for("A30", fixture_answers("A30"))
+    collector.collect_health()
+    fake.reject_tokens = 1
+    sample = collector.collect_health()
+    assert fake.logins == 2
+    assert sample.facts.serial == "8033A30J1234567"
+
+
+def test_second_401_after_a_fresh_login_is_auth_failed(device_for: Any) -> None:
+    fake, collector = device_for("A20", fixture_answers("A20"))
+    fake.reject_tokens = 99
+    with pytest.raises(AuthFailed, match="HTTP 401"):
+        collector.collect_health()
+    assert fake.logins == 2
+
+
+def test_wrong_password_is_auth_failed_without_the_password(device_for: Any) -> None:
+    fake, collector = device_for("MVC", fixture_answers("MVC"), password="not-the-Pa55")
+    with pytest.raises(AuthFailed) as caught:
+        collector.collect_health()
+    assert "not-the-Pa55" not in str(caught.value) and "/api/v1/session" in str(caught.value)
+    assert fake.paths() == ["/api/v1/session"]
+
+
+def test_missing_password_is_auth_failed_before_any_request(device_for: Any) -> None:
+    fake, collector = device_for("A30", fixture_answers("A30"), password=None)
+    with pytest.raises(AuthFailed, match="no credentials"):
+        collector.collect_health()
+    assert fake.requests == []
+
+
+def test_login_answer_without_token_is_unexpected(device_for: Any) -> None:
+    answers = fixture_answers("A30") | {"login": {"ret": "ok", "data": {"token": "x"}}}
+    fake, collector = device_for("A30", answers)
+    fake.answers["login"] = {"ret": "ok", "data": {}}
+    with pytest.raises(UnexpectedResponse, match=r"login answer has no token at data\.token"):
+        collector.collect_health()
+
+
+# --- malformed answers ---------------------------------------------------------------------------
+
+
+def test_missing_identity_field_names_field_path_and_endpoint(device_for: Any) -> None:
+    answers = fixture_answers("A30")
+    del answers["info"]["data"]["serial"]
+    _, collector = device_for("A30", answers)
+    with pytest.raises(UnexpectedResponse, match=r"field serial: missing data\.serial in /api/device/info$"):
+        collector.collect_health()
+
+
+def test_non_json_answer_is_unexpected(device_for: Any) -> None:
+    fake, collector = device_for("MVC", fixture_answers("MVC"))
+    fake.overrides["health"] = (200, b"<html>maintenance</html>")
+    with pytest.raises(UnexpectedResponse, match="/api/v1/system/health: answer is not JSON"):
+        collector.collect_health()
+
+
+def test_server_error_is_unexpected(device_for: Any) -> None:
+    fake, collector = device_for("A20", fixture_answers("A20"))
+    fake.overrides["status"] = (500, b"{}")
+    with pytest.raises(UnexpectedResponse, match="HTTP 500"):
+        collector.collect_health()
+
+
+def test_peripherals_not_a_list_is_unexpected(device_for: Any) -> None:
+    answers = fixture_answers("A30")
+    answers["status"]["data"]["peripherals"] = {"camera": True}
+    _, collector = device_for("A30", answers)
+    with pytest.raises(
+        UnexpectedResponse, match=r"peripherals: data\.peripherals in /api/device/status is not a list"
+    ):
+        collector.collect_health()
+
+
+def test_answer_over_the_byte_cap_is_unexpected(device_for: Any) -> None:
+    answers = fixture_answers("A30")
+    answers["info"]["data"]["padding"] = "x" * 5000
+    _, collector = device_for("A30", answers, max_response_bytes=2048)
+    with pytest.raises(UnexpectedResponse, match="cap"):
+        collector.collect_health()
+
+
+# --- TLS identity ----------------------------------------------------------------------------------
+
+
+def test_first_poll_pins_and_a_new_certificate_is_identity_changed(device_for: Any, tmp_path: Path) -> None:
+    fake, collector = device_for("A30", fixture_answers("A30"))
+    collector.collect_health()
+    pinned = json.loads((tmp_path / "pins.json").read_text())
+    assert list(pinned) == [f"127.0.0.1:{fake.port}"]
+    fake.restart(tls_context(tmp_path))  # same port, a different certificate
+    seen_before = list(fake.requests)
+    with pytest.raises(IdentityChanged, match=f"127.0.0.1:{fake.port}"):
+        collector.collect_health()
+    assert fake.requests == seen_before
+
+
+def test_device_that_is_gone_is_unreachable(device_for: Any) -> None:
+    fake, collector = device_for("A30", fixture_answers("A30"))
+    fake.close()
+    with pytest.raises(DeviceUnreachable, match="connection refused"):
+        collector.collect_health()
+
+
+# --- logs ------------------------------------------------------------------------------------------
+
+
+def _tar_gz() -> bytes:
+    buf = BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        data = b"2026-01-05 09:00:00 boot ok\n" * 500
+        info = tarfile.TarInfo("logs/system.log")
+        info.size = len(data)
+        tar.addfile(info, BytesIO(data))
+    return buf.getvalue()
+
+
+def test_logs_are_downloaded_beside_a_timestamped_name(device_for: Any, tmp_path: Path) -> None:
+    archive = _tar_gz()
+    at = dt.datetime(2026, 1, 5, 9, 30, 15, tzinfo=dt.UTC)
+    fake, collector = device_for("A30", fixture_answers("A30"), clock=lambda: at)
+    fake.overrides["logs"] = (200, archive)
+    bundle = collector.collect_logs(tmp_path / "bundles")
+    assert bundle.path == tmp_path / "bundles" / "room1-a30-20260105T093015Z.tar.gz"
+    assert (bundle.size_bytes, bundle.sha256) == (len(archive), hashlib.sha256(archive).hexdigest())
+    assert bundle.path.read_bytes() == archive
+    assert (bundle.taken_at, bundle.sources, bundle.device_id) == (at, ("http:logs",), "room1-a30")
+
+
+def test_log_export_that_is_not_gzip_is_unexpected_and_removed(device_for: Any, tmp_path: Path) -> None:
+    fake, collector = device_for("A20", fixture_answers("A20"))
+    fake.overrides["logs"] = (200, b"<html>500 export failed</html>")
+    with pytest.raises(UnexpectedResponse, match="not a gzip archive"):
+        collector.collect_logs(tmp_path / "bundles")
+    assert list((tmp_path / "bundles").iterdir()) == []
+
+
+def test_log_over_the_cap_leaves_nothing_behind(device_for: Any, tmp_path: Path) -> None:
+    fake, collector = device_for("MVC", fixture_answers("MVC"), max_log_bytes=1024)
+    fake.overrides["logs"] = (200, b"x" * 5000)
+    with pytest.raises(UnexpectedResponse, match="1024-byte cap"):
+        collector.collect_logs(tmp_path / "bundles")
+    assert list((tmp_path / "bundles").iterdir()) == []
+
+
+# --- registry --------------------------------------------------------------------------------------
+
+
+def test_registry_maps_the_profile_driver_to_the_yealink_collector() -> None:
+    assert DRIVERS["yealink-http"] is YealinkHttpCollector
+
+
+def test_unknown_driver_lists_the_supported_ones() -> None:
+    profile = load_profile("yealink-a30").model_copy(update={"driver": "polycom-ssh"})
+    device = Device(id="d1", room="r", site="s", model="A30", host="127.0.0.1")
+    with pytest.raises(KeyError) as caught:
+        build_collector(
+            device,
+            profile,
+            password=None,
+            pins=None,
+            timeout_s=1,
+            max_response_bytes=1024,
+            max_log_bytes=1024,
+        )
+    assert isinstance(caught.value, UnknownDriver)
+    assert str(caught.value) == "profile yealink-a30: unknown driver 'polycom-ssh' (supported: yealink-http)"
+
+
+# --- dotted paths ---------------------------------------------------------------------------------
+
+
+def test_dotted_paths_walk_objects_and_list_indexes() -> None:
+    data = {"data": {"call": {"state": "idle"}, "items": [{"name": "cam"}]}}
+    assert get_path(data, "data.call.state") == "idle"
+    assert get_path(data, "data.items.0.name") == "cam"
+    with pytest.raises(KeyError) as caught:
+        get_path(data, "data.call.since")
+    assert str(caught.value) == "missing data.call.since"
+    with pytest.raises(PathMissing):
+        get_path(data, "data.items.3.name")
+    out: dict[str, Any] = {}
+    set_path(out, "session.id", "abc")
+    assert out == {"session": {"id": "abc"}}
