@@ -14,6 +14,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from config.loader import ConfigError, load_config
 from config.schema import AgentConfig
@@ -99,6 +100,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str | Text]]) -> None:
+    """Print a table; cell text is shown literally (device data may contain ``[...]``)."""
+    table = Table(title=Text(title))
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(cell if isinstance(cell, Text) else Text(cell) for cell in row))
+    Console().print(table)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     """Probe every device once and print what answered and what to fix."""
     from agent.check import check_devices
@@ -108,22 +119,23 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([row.to_json() for row in rows], indent=2, ensure_ascii=False))
     else:
-        table = Table(title=f"hezo-agent check: {args.config}")
-        for col in ("device", "model", "address", "result", "latency", "firmware", "serial", "what to do"):
-            table.add_column(col)
-        for row in rows:
-            style = "green" if row.ok else "red"
-            table.add_row(
-                row.device_id,
-                row.model,
-                row.address,
-                f"[{style}]{row.result}[/{style}]",
-                f"{row.latency_ms:.0f} ms" if row.latency_ms is not None else "-",
-                row.firmware or "-",
-                row.serial or "-",
-                row.hint,
-            )
-        Console().print(table)
+        _print_table(
+            f"hezo-agent check: {args.config}",
+            ("device", "model", "address", "result", "latency", "firmware", "serial", "what to do"),
+            [
+                (
+                    row.device_id,
+                    row.model,
+                    row.address,
+                    Text(row.result, style="green" if row.ok else "red"),
+                    f"{row.latency_ms:.0f} ms" if row.latency_ms is not None else "-",
+                    row.firmware or "-",
+                    row.serial or "-",
+                    row.hint,
+                )
+                for row in rows
+            ],
+        )
     failed = [row for row in rows if not row.ok]
     if failed:
         print(f"hezo-agent: {len(failed)} of {len(rows)} devices did not pass the check", file=sys.stderr)
@@ -140,21 +152,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return EXIT_OK
-    table = Table(title="hezo-agent status")
-    for col in ("device", "site", "room", "model", "state", "last seen", "last result", "serial"):
-        table.add_column(col)
-    for row in rows:
-        table.add_row(
-            row["device"],
-            row["site"],
-            row["room"],
-            row["model"],
-            row["state"],
-            row["last_seen"] or "never",
-            row["last_reason"] or "-",
-            row["serial"] or "-",
-        )
-    Console().print(table)
+    _print_table(
+        "hezo-agent status",
+        ("device", "site", "room", "model", "state", "last seen", "last result", "serial"),
+        [
+            (
+                r["device"],
+                r["site"],
+                r["room"],
+                r["model"],
+                r["state"],
+                r["last_seen"] or "never",
+                r["last_reason"] or "-",
+                r["serial"] or "-",
+            )
+            for r in rows
+        ],
+    )
     return EXIT_OK
 
 
@@ -163,25 +177,31 @@ def cmd_tickets(args: argparse.Namespace) -> int:
     from agent.reports import list_tickets
 
     config = _load(args)
-    tickets = list_tickets(config, open_only=args.open)
+    try:
+        tickets = list_tickets(config, open_only=args.open)
+    except ValueError as err:
+        print(f"hezo-agent: {err}", file=sys.stderr)
+        return EXIT_FAIL
     if args.json:
         print(json.dumps(tickets, indent=2, ensure_ascii=False))
         return EXIT_OK
-    table = Table(title="hezo-agent tickets")
-    for col in ("id", "priority", "status", "device", "problem", "serial", "contract", "title"):
-        table.add_column(col)
-    for t in tickets:
-        table.add_row(
-            t["id"],
-            t["priority"],
-            t["status"],
-            t.get("device") or "-",
-            t.get("problem") or "-",
-            t.get("serial") or "-",
-            t.get("contract") or "-",
-            t["title"],
-        )
-    Console().print(table)
+    _print_table(
+        "hezo-agent tickets",
+        ("id", "priority", "status", "device", "problem", "serial", "contract", "title"),
+        [
+            (
+                t["id"],
+                t["priority"],
+                t["status"],
+                t.get("device") or "-",
+                t.get("problem") or "-",
+                t.get("serial") or "-",
+                t.get("contract") or "-",
+                t["title"],
+            )
+            for t in tickets
+        ],
+    )
     return EXIT_OK
 
 

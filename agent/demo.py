@@ -20,6 +20,7 @@ from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from agent.daemon import Agent, AgentEvent
@@ -83,7 +84,7 @@ def _event_table(scenario: _Scenario) -> Table:
     with scenario.lock:
         recent = list(scenario.events)[-8:]
     for event in recent:
-        table.add_row(event.at.strftime("%H:%M:%S"), event.device_id, f"{event.kind}: {event.text}")
+        table.add_row(event.at.strftime("%H:%M:%S"), event.device_id, escape(f"{event.kind}: {event.text}"))
     return table
 
 
@@ -166,7 +167,7 @@ def _watch(
             printed += len(fresh)
         if console.stderr is False:
             for event in fresh:
-                console.print(f"{event.at:%H:%M:%S} {event.device_id}: {event.kind}: {event.text}")
+                console.print(escape(f"{event.at:%H:%M:%S} {event.device_id}: {event.kind}: {event.text}"))
         time.sleep(0.25)
 
 
@@ -204,5 +205,5 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
     )
     for t in summary["tickets"]:
         files = ", ".join(a["name"] for a in t["attachments"]) or "no attachments"
-        console.print(f"  {t['id']} [{t['priority']}] {t['status']}: {t['title']} ({files})")
+        console.print(escape(f"  {t['id']} [{t['priority']}] {t['status']}: {t['title']} ({files})"))
     sys.stdout.flush()
