@@ -81,7 +81,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.daemon import Agent
 
     config = _load(args)
-    agent = Agent(config)
+    try:
+        agent = Agent(config)
+    except ConfigError as err:  # e.g. a password variable that is not set: name the config file
+        raise ConfigError(str(args.config), err.lines) from err
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: Any) -> None:

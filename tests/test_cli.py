@@ -115,3 +115,19 @@ def test_demo_json_shows_one_critical_ticket_opened_and_resolved() -> None:
     assert ticket["status"] == "resolved"
     assert ticket["serial"] and ticket["contract"] and ticket["device"]
     assert ticket["attachments"]
+
+
+def test_run_with_unset_password_variable_exits_2_naming_it(fleet: Fleet, tmp_path: Path) -> None:
+    data = yaml.safe_load(
+        fleet.write_agent_config(tmp_path / "base.yaml", data_dir=tmp_path / "data").read_text()
+    )
+    data["devices"][1]["credentials"] = {"username": "admin", "password_env": "HEZO_TEST_UNSET_PASSWORD"}
+    cfg = tmp_path / "env.yaml"
+    cfg.write_text(yaml.safe_dump(data, allow_unicode=True))
+    result = run("run", "-c", str(cfg), timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"config error in {cfg}: devices[1].credentials.password_env: "
+        "environment variable HEZO_TEST_UNSET_PASSWORD is not set "
+        "(set it in the agent's service environment, or use password_file)"
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -148,3 +149,43 @@ def test_recovered_device_polls_again_after_a_fault(
         collector.collect_health()
     fleet.clear(sim.id)
     assert collector.collect_health().facts.serial == sim.serial
+
+
+def test_slow_device_past_the_timeout_is_a_timeout(
+    fleet: Fleet, collector_for: tuple[PinStore, dict[str, Collector]]
+) -> None:
+    sim = sim_device(fleet, "A30")
+    fleet.fault(sim.id, "slow", "2.0")
+    with pytest.raises(DeviceTimeout):
+        collector_for[1]["A30"].collect_health()
+
+
+def test_slow_device_within_the_timeout_answers_with_its_latency(
+    fleet: Fleet, collector_for: tuple[PinStore, dict[str, Collector]]
+) -> None:
+    sim = sim_device(fleet, "A20")
+    collector = collector_for[1]["A20"]
+    collector.collect_health()  # log in first, so the slow poll is only the data requests
+    fleet.fault(sim.id, "slow", "0.1")
+    sample = collector.collect_health()
+    assert sample.facts.serial == sim.serial
+    assert sample.latency_ms >= 100
+
+
+def test_rebooting_device_is_unreachable_then_answers_with_fresh_uptime(
+    fleet: Fleet, collector_for: tuple[PinStore, dict[str, Collector]]
+) -> None:
+    sim = sim_device(fleet, "MVC")
+    collector = collector_for[1]["MVC"]
+    fleet.fault(sim.id, "reboot", "0.5")
+    with pytest.raises(DeviceUnreachable):
+        collector.collect_health()
+    deadline = time.monotonic() + 10
+    sample = None
+    while sample is None and time.monotonic() < deadline:
+        try:
+            sample = collector.collect_health()
+        except DeviceUnreachable:
+            time.sleep(0.05)
+    assert sample is not None, "the device did not come back from its reboot"
+    assert sample.uptime_s is not None and sample.uptime_s < 5
