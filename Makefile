@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # Debian packages the test suite's real peers need (installed only when missing).
-APT_PACKAGES ?=
+APT_PACKAGES ?= openssh-server snmpd snmp bsdutils
 
 .PHONY: demo test lint typecheck unit install test-deps clean
 

@@ -70,7 +70,8 @@ def _device_table(agent: Agent) -> Table:
         state = agent.states[dev.id].health
         outcome = agent.last_outcomes.get(dev.id)
         latency = f"{outcome.duration_s * 1000:.0f} ms" if outcome and outcome.ok else "-"
-        serial = outcome.sample.facts.serial if outcome and outcome.sample else "-"
+        known = agent.store.facts(dev.id)
+        serial = known[0].serial if known else "-"
         style = STATE_STYLE.get(state, "")
         table.add_row(dev.id, dev.model, dev.site, dev.room, f"[{style}]{state}[/{style}]", latency, serial)
     return table

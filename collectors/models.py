@@ -44,6 +44,22 @@ class CheckResult:
 
 
 @dataclass(frozen=True, slots=True)
+class ChannelResult:
+    """What one channel (http, ssh, snmp, tcp, syslog, mtr, ymcs) saw during one poll.
+
+    ``reason`` is ``ok`` or a :mod:`collectors.errors` reason tag; ``fields`` carries what the
+    channel learned (e.g. ``{"sys_uptime_s": 1234}``) for the poll to merge into the sample.
+    """
+
+    channel: str
+    ok: bool
+    reason: str
+    latency_ms: float
+    detail: str = ""
+    fields: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class HealthSample:
     """Everything one successful poll learned about a device."""
 
@@ -55,6 +71,12 @@ class HealthSample:
     peripherals: tuple[Peripheral, ...] = ()
     checks: tuple[CheckResult, ...] = ()
     latency_ms: float = 0.0
+    channels: tuple[ChannelResult, ...] = ()
+
+    @property
+    def failing_channels(self) -> tuple[str, ...]:
+        """Names of the channels that failed while the device still answered on others."""
+        return tuple(c.channel for c in self.channels if not c.ok)
 
 
 @dataclass(frozen=True, slots=True)
