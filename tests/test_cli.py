@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,13 +23,8 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def fleet() -> Iterator[Fleet]:
-    sim = Fleet(devices=4, seed=5, net=random.randint(100, 200), port=0)
-    sim.start()
-    try:
-        yield sim
-    finally:
-        sim.stop()
+def fleet(fleet_factory: Callable[..., Fleet]) -> Fleet:
+    return fleet_factory(devices=4, seed=5)
 
 
 @pytest.fixture

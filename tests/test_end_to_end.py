@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import random
 import tarfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,13 +18,8 @@ from uploader.backends.local import LocalBackend
 
 
 @pytest.fixture
-def fleet() -> Iterator[Fleet]:
-    sim = Fleet(devices=6, seed=11, net=random.randint(100, 200), port=0)
-    sim.start()
-    try:
-        yield sim
-    finally:
-        sim.stop()
+def fleet(fleet_factory: Callable[..., Fleet]) -> Fleet:
+    return fleet_factory(devices=6, seed=11)
 
 
 def make_agent(fleet: Fleet, tmp_path: Path, clock: FakeClock | None = None, **settings: float) -> Agent:

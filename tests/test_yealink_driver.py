@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import ipaddress
 import json
 import socket
 import ssl
@@ -23,10 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from collectors.base import Collector
 from collectors.errors import AuthFailed, DeviceUnreachable, IdentityChanged, UnexpectedResponse
@@ -36,6 +31,7 @@ from collectors.registry import DRIVERS, UnknownDriver, build_collector
 from collectors.yealink import YealinkHttpCollector
 from config.loader import DEFAULT_PROFILE, load_profile
 from config.schema import Credentials, Device, Profile
+from simulator.certs import make_certificate, server_context
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MODELS = ("A20", "A30", "MVC")
@@ -47,32 +43,7 @@ CAPTURES = sorted(
 
 def tls_context(folder: Path) -> ssl.SSLContext:
     """A server context with a throwaway self-signed certificate for 127.0.0.1."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "yealink-fixture")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
-        .sign(key, hashes.SHA256())
-    )
-    pem_cert, pem_key = folder / "device.crt", folder / "device.key"
-    pem_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pem_key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(pem_cert, pem_key)
-    return ctx
+    return server_context(make_certificate("127.0.0.1", "yealink-fixture"))
 
 
 class FakeDevice:
