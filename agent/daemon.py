@@ -141,7 +141,7 @@ class Agent:
         outcome = self.poller.poll(device_id)
         self.last_outcomes[device_id] = outcome
         self.store.record_outcome(outcome)
-        if outcome.ok and outcome.sample is not None:
+        if outcome.ok and outcome.sample is not None and outcome.sample.facts.serial != "unknown":
             self.store.save_facts(device_id, outcome.sample.facts, outcome.at)
         liveness = dataclasses.replace(outcome, ok=outcome.reachable)
         previous = self.states[device_id]
