@@ -38,6 +38,7 @@ class CheckRow:
     firmware: str | None
     serial: str | None
     hint: str
+    channels: tuple[dict[str, object], ...] = ()
 
     def to_json(self) -> dict[str, object]:
         """Return the row as a JSON-ready dict."""
@@ -82,13 +83,28 @@ def _check_one(config: AgentConfig, index: int, device: Device, pins: PinStore) 
     missing = [p.kind for p in sample.peripherals if not p.connected]
     if missing:
         notes.append("disconnected: " + ", ".join(missing))
+    http_only = ({"channel": "http", "ok": True, "result": "ok", "latency_ms": round(sample.latency_ms, 1)},)
+    channels = tuple(
+        {
+            "channel": c.channel,
+            "ok": c.ok,
+            "result": c.reason,
+            "latency_ms": round(c.latency_ms, 1),
+            "detail": c.detail,
+        }
+        for c in sample.channels
+    ) or tuple({**c, "detail": ""} for c in http_only)
+    failing = [str(c["channel"]) for c in channels if not c["ok"]]
+    if failing:
+        notes.insert(0, f"degraded: {', '.join(failing)} not answering")
     return row(
         True,
-        "ok",
+        "degraded" if failing else "ok",
         "; ".join(notes) or "-",
         latency_ms=sample.latency_ms,
         firmware=facts.firmware,
         serial=facts.serial,
+        channels=channels,
     )
 
 

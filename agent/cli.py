@@ -139,6 +139,21 @@ def cmd_check(args: argparse.Namespace) -> int:
                 for row in rows
             ],
         )
+        _print_table(
+            "channels",
+            ("device", "channel", "result", "latency", "detail"),
+            [
+                (
+                    row.device_id,
+                    str(c["channel"]),
+                    Text(str(c["result"]), style="green" if c["ok"] else "red"),
+                    f"{c['latency_ms']:.0f} ms",
+                    str(c["detail"]) or "-",
+                )
+                for row in rows
+                for c in row.channels
+            ],
+        )
     failed = [row for row in rows if not row.ok]
     if failed:
         print(f"hezo-agent: {len(failed)} of {len(rows)} devices did not pass the check", file=sys.stderr)

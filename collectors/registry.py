@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import Callable
 from datetime import datetime
 
 from collectors.base import Collector
+from collectors.multi import ChannelProbe, MultiChannelCollector
 from collectors.pins import PinStore
+from collectors.transports.tcp import TcpConnectProbe, VcApiClient
 from collectors.yealink import YealinkHttpCollector
 from config.schema import Device, Profile
 
 DRIVERS: dict[str, type[Collector]] = {
     "yealink-http": YealinkHttpCollector,
 }
+
+
+#: extra channels: a profile channel name → how to build its probe for one device
+PROBES: dict[str, Callable[[str, object], ChannelProbe]] = {
+    "tcp": lambda host, settings: TcpConnectProbe(host, settings),  # type: ignore[arg-type]
+    "tcp6024": lambda host, settings: VcApiClient.from_settings(host, settings),  # type: ignore[arg-type]
+}
+
+#: one pool runs every device's extra channel probes, alongside the poll thread's HTTP work
+_PROBE_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="hezo-probe")
 
 
 class UnknownDriver(KeyError):
@@ -46,7 +59,7 @@ def build_collector(
         raise UnknownDriver(
             f"profile {profile.name}: unknown driver {profile.driver!r} (supported: {supported})"
         ) from None
-    return factory(
+    primary = factory(
         device,
         profile,
         password=password,
@@ -56,3 +69,24 @@ def build_collector(
         max_log_bytes=max_log_bytes,
         clock=clock,
     )
+    probes = build_probes(device, profile)
+    if not probes:
+        return primary
+    return MultiChannelCollector(device.id, device.model, primary, probes, pool=_PROBE_POOL, clock=clock)
+
+
+def build_probes(device: Device, profile: Profile) -> list[ChannelProbe]:
+    """Build the extra channel probes ``device`` opted in to (ports overridden per device).
+
+    Raises:
+        ValueError: the device names a channel its profile does not offer.
+    """
+    probes = []
+    for name, choice in device.channels.items():
+        settings = getattr(profile.channels, name)
+        if settings is None:
+            raise ValueError(f"device {device.id}: profile {profile.name} offers no {name} channel")
+        if choice.port is not None:
+            settings = settings.model_copy(update={"port": choice.port})
+        probes.append(PROBES[name](device.host, settings))
+    return probes

@@ -284,7 +284,15 @@ def _check_profiles(cfg: AgentConfig) -> list[str]:
             elif first_use:  # the profile file itself is broken: say it once
                 head = f"devices[{i}].profile: profile {name!r} ({profile.source}) is invalid"
                 lines.extend(f"{head}: {line}" for line in profile.lines)
-        elif dev.model not in profile.models:
+        else:
+            for channel in dev.channels:
+                if getattr(profile.channels, channel) is None:
+                    offered = [n for n, v in profile.channels if v is not None]
+                    lines.append(
+                        f"devices[{i}].channels.{channel}: profile {name!r} offers no {channel} channel"
+                        f" (it offers: {', '.join(offered) or 'none'})"
+                    )
+        if not isinstance(profile, ConfigError) and dev.model not in profile.models:
             hint = f"remove profile: to use the default {DEFAULT_PROFILE[dev.model]}"
             lines.append(
                 f"devices[{i}].profile: profile {name!r} is for {', '.join(profile.models)},"

@@ -13,7 +13,10 @@ from datetime import date, time
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from config.base import Provenance, Strict
+from config.channels import ChannelName, DeviceChannel, ProfileChannels
 
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
@@ -21,7 +24,6 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 Model = Literal["A20", "A30", "MVC"]
-Provenance = Literal["documented", "assumed"]
 
 
 class FieldProblem(ValueError):
@@ -35,12 +37,6 @@ class FieldProblem(ValueError):
         super().__init__(message)
         self.key = key
         self.message = message
-
-
-class Strict(BaseModel):
-    """Base for every config model: unknown keys are errors, values are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def validate_host(value: str) -> str:
@@ -201,6 +197,9 @@ class Device(Strict):
     port: int | None = Field(default=None, ge=1, le=65535, description="overrides the profile's port")
     profile: str | None = Field(default=None, description="profile name; default by model")
     credentials: Credentials | None = None
+    channels: dict[ChannelName, DeviceChannel] = Field(
+        default_factory=dict, description="extra channels of the profile this device's site offers"
+    )
 
     _id = field_validator("id")(classmethod(lambda cls, v: validate_id(v)))
     _host = field_validator("host")(classmethod(lambda cls, v: validate_host(v)))
@@ -321,6 +320,7 @@ class Profile(Strict):
         FieldMap,
     ]
     peripherals: PeripheralMap | None = None
+    channels: ProfileChannels = ProfileChannels()
 
     @model_validator(mode="after")
     def _fields_use_known_endpoints(self) -> Profile:

@@ -70,11 +70,20 @@ def agent_config(
                 "host": d.host,
                 "port": d.port,
                 "credentials": {"username": d.username, "password_file": secret_name},
+                **_channels(d),
             }
             for d in devices
         ],
         "ticketing": {"backend": "local"},
     }
+
+
+def _channels(device: SimDevice) -> dict[str, Any]:
+    """Opt the device in to the 6024 control API when the fleet serves it."""
+    if device.vcapi_port is None:
+        return {}
+    override = {} if device.vcapi_port == 6024 else {"port": device.vcapi_port}
+    return {"channels": {"tcp6024": override}}
 
 
 def write_agent_config(

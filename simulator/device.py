@@ -26,10 +26,14 @@ from config.schema import Profile
 from simulator.certs import DeviceCertificate, server_context
 from simulator.identity import PERIPHERAL_NAMES, Identity, SimDevice
 from simulator.logs import APP, MTR_NAMES, SYS, LogEvent, boot_lines, build_archive, routine_lines
+from simulator.vcapi import VcApiServer
 
 log = logging.getLogger("hezo.simulator")
 
 FAULT_KINDS = ("offline", "hang", "slow", "reboot", "unplug", "auth-fail", "malformed")
+#: faults that may target one channel (``offline tcp6024``); without an argument they hit every channel
+CHANNEL_FAULTS = ("offline", "hang")
+CHANNELS = ("http", "tcp6024")
 DEFAULT_SLOW_S = 3.0
 DEFAULT_REBOOT_S = 20.0
 MAX_TOKENS = 256
@@ -55,6 +59,11 @@ def parse_fault(kind: str, arg: str | None) -> str | None:
         if not 0 < seconds <= 3600:
             raise ValueError(f"{kind}: seconds must be in (0, 3600], got {arg!r}")
         return str(seconds)
+    if kind in CHANNEL_FAULTS and arg is not None:
+        if arg not in CHANNELS:
+            names = ", ".join(CHANNELS)
+            raise ValueError(f"{kind}: the optional argument names a channel ({names}), got {arg!r}")
+        return arg
     if kind == "unplug":
         if arg not in PERIPHERAL_KINDS:
             raise ValueError(f"unplug: name a peripheral ({', '.join(PERIPHERAL_KINDS)}), got {arg!r}")
@@ -76,8 +85,10 @@ class DeviceServer:
         *,
         seed: int,
         log_bytes: int,
+        vcapi: VcApiServer | None = None,
     ) -> None:
         self.ident = ident
+        self.vcapi = vcapi
         self.desc = desc
         self.profile = profile
         self._cert = cert
@@ -105,10 +116,13 @@ class DeviceServer:
     def snapshot(self) -> list[str]:
         """Return the active faults as strings such as ``slow 3.0`` or ``unplug camera``."""
         out = [k if v is None else f"{k} {v}" for k, v in self.faults.items()]
+        out += [f"{k} tcp6024" for k in sorted(self.vcapi.faults)] if self.vcapi and not self.faults else []
         return out + [f"unplug {kind}" for kind in sorted(self.unplugged)]
 
     def record(self, kind: str, arg: str | None) -> None:
         """Set a validated fault in the state (side effects are :meth:`apply`'s job)."""
+        if kind in CHANNEL_FAULTS and arg == "tcp6024":
+            return  # only the 6024 server is affected
         if kind == "unplug":
             assert arg is not None
             if arg not in self.unplugged:
@@ -148,6 +162,11 @@ class DeviceServer:
         self._ctx = server_context(self._cert)
         if self._listening_wanted():
             await self._listen()
+        if self.vcapi is not None:
+            if not self._listening_wanted():
+                self.vcapi.faults.add("offline")
+            await self.vcapi.start()
+            self.desc = replace(self.desc, vcapi_port=self.vcapi.port)
         if "reboot" in self.faults:
             self._arm_reboot(float(self.faults["reboot"] or DEFAULT_REBOOT_S))
 
@@ -159,6 +178,8 @@ class DeviceServer:
         self._unlisten()
         self._drop_connections()
         self._release.set()
+        if self.vcapi is not None:
+            await self.vcapi.stop()
         for task in list(self._tasks):
             task.cancel()
 
@@ -188,6 +209,10 @@ class DeviceServer:
     async def apply(self, kind: str, arg: str | None) -> None:
         """Set a validated fault and act on it (close the listener, drop connections, ...)."""
         self.record(kind, arg)
+        if self.vcapi is not None and arg in (None, "tcp6024") and kind in ("offline", "hang", "reboot"):
+            await self.vcapi.apply("hang" if kind == "hang" else "offline")
+        if kind in CHANNEL_FAULTS and arg == "tcp6024":
+            return
         if kind in ("offline", "reboot"):
             self._unlisten()
             self._drop_connections()
@@ -217,6 +242,9 @@ class DeviceServer:
             self._drop_connections()
             self._release.set()
         await self._listen_logged()
+        if self.vcapi is not None:
+            had = had or bool(self.vcapi.faults)
+            await self.vcapi.clear()
         if had:
             log.info("device=%s faults cleared", self.desc.id)
 
@@ -243,6 +271,8 @@ class DeviceServer:
         self.faults.pop("reboot", None)
         if self._listening_wanted():
             await self._listen_logged()
+            if self.vcapi is not None:
+                await self.vcapi.clear()
         log.info("device=%s reboot finished", self.desc.id)
 
     def _finish_boot(self) -> None:

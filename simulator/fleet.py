@@ -33,6 +33,7 @@ from simulator.identity import (
     device_address,
     plan_identities,
 )
+from simulator.vcapi import VcApiServer
 
 __all__ = ["FAULT_KINDS", "Fleet", "SimDevice"]
 
@@ -53,6 +54,7 @@ class Fleet:
         port: int = 8443,
         control_port: int | None = None,
         log_bytes: int = 100_000,
+        vcapi_port: int | None = 6024,
     ) -> None:
         """Plan the fleet (identities, certificates); nothing listens until :meth:`start`.
 
@@ -93,8 +95,20 @@ class Fleet:
                 password=password,
                 cert_sha256=cert.sha256,
             )
+            vcapi = None
+            if vcapi_port is not None:  # the 6024 control API on the device's own address
+                vcapi = VcApiServer(
+                    host,
+                    vcapi_port if (self.shared_port and port) else 0,
+                    model=ident.model,
+                    firmware=ident.firmware,
+                    hardware=f"{ident.model}-HW.1",
+                    product_id=ident.serial[:8],
+                    call_state_getter=lambda: "idle",
+                    seed=seed,
+                )
             self._servers[ident.id] = DeviceServer(
-                ident, desc, profiles[ident.model], cert, seed=seed, log_bytes=log_bytes
+                ident, desc, profiles[ident.model], cert, seed=seed, log_bytes=log_bytes, vcapi=vcapi
             )
         self.devices: list[SimDevice] = [s.desc for s in self._servers.values()]
         self.control_url: str | None = None

@@ -85,6 +85,7 @@ class SimDevice:
     username: str
     password: str
     cert_sha256: str
+    vcapi_port: int | None = None  # the 6024 control API, when the fleet serves it
 
     @property
     def base_url(self) -> str:

@@ -125,3 +125,19 @@ def test_run_with_unset_password_variable_exits_2_naming_it(fleet: Fleet, tmp_pa
         "environment variable HEZO_TEST_UNSET_PASSWORD is not set "
         "(set it in the agent's service environment, or use password_file)"
     )
+
+
+def test_check_shows_each_channel_and_a_degraded_device(fleet: Fleet, fleet_config: Path) -> None:
+    degraded = fleet.devices[0]
+    fleet.fault(degraded.id, "offline", "tcp6024")
+    result = run("check", "-c", str(fleet_config), "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {r["device_id"]: r for r in json.loads(result.stdout)}
+    assert rows[degraded.id]["result"] == "degraded"
+    channels = {c["channel"]: c for c in rows[degraded.id]["channels"]}
+    assert channels["http"]["ok"] and not channels["tcp6024"]["ok"]
+    assert channels["tcp6024"]["result"] == "unreachable"
+    healthy = rows[fleet.devices[1].id]
+    assert [(c["channel"], c["ok"]) for c in healthy["channels"]] == [("http", True), ("tcp6024", True)]
+    table = run("check", "-c", str(fleet_config))
+    assert "channels" in table.stdout and "tcp6024" in table.stdout

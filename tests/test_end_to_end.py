@@ -153,3 +153,45 @@ def test_scheduled_agent_detects_and_recovers_on_real_time(fleet: Fleet, tmp_pat
         assert len(local_backend(agent).tickets()) == 1
     finally:
         agent.stop()
+
+
+def test_web_ui_down_while_6024_answers_is_degraded_not_an_outage(fleet: Fleet, tmp_path: Path) -> None:
+    clock = FakeClock()
+    agent = make_agent(fleet, tmp_path, clock)
+    target = next(d for d in fleet.devices if d.model == "A20")
+    try:
+        poll_all(agent, clock, 60)
+        fleet.fault(target.id, "offline", "http")
+        for _ in range(5):
+            agent.poll_once(target.id)
+            clock.advance(10)
+        outcome = agent.last_outcomes[target.id]
+        assert outcome.ok and outcome.sample is not None
+        assert outcome.sample.failing_channels == ("http",)
+        assert agent.states[target.id].health == Health.UP
+        assert local_backend(agent).tickets() == []
+
+        fleet.fault(target.id, "offline")  # now silent on every channel: an outage
+        for _ in range(3):
+            agent.poll_once(target.id)
+            clock.advance(10)
+        (ticket,) = local_backend(agent).tickets()
+        assert ticket.priority == "critical" and "tcp6024" in ticket.body
+    finally:
+        agent.stop()
+
+
+def test_6024_down_while_http_answers_names_the_channel(fleet: Fleet, tmp_path: Path) -> None:
+    clock = FakeClock()
+    agent = make_agent(fleet, tmp_path, clock)
+    target = next(d for d in fleet.devices if d.model == "MVC")
+    try:
+        fleet.fault(target.id, "hang", "tcp6024")
+        agent.poll_once(target.id)
+        outcome = agent.last_outcomes[target.id]
+        assert outcome.ok and outcome.sample is not None
+        assert outcome.sample.failing_channels == ("tcp6024",)
+        failed = next(c for c in outcome.sample.channels if c.channel == "tcp6024")
+        assert failed.reason == "timeout"
+    finally:
+        agent.stop()

@@ -20,11 +20,9 @@ import time
 from dataclasses import dataclass
 from types import TracebackType
 
-from pydantic import Field
-
 from collectors.errors import CollectorError, DeviceTimeout, DeviceUnreachable, UnexpectedResponse
 from collectors.models import ChannelResult
-from config.schema import Provenance, Strict
+from config.channels import VCAPI_PORT, TcpChannel, VcApiChannel
 
 __all__ = [
     "CALL_STATES",
@@ -40,7 +38,6 @@ __all__ = [
     "tcp_connect_probe",
 ]
 
-VCAPI_PORT = 6024
 #: states ``sysstatus get`` answers with (``finished`` is only pushed, never an answer)
 CALL_STATES = ("sleeping", "idle", "outgoing", "ringing", "talking", "talking max")
 PUSHED_STATES = ("finished",)
@@ -48,25 +45,6 @@ MAX_SKIPPED_LINES = 32
 _TOKEN = re.compile(r'"([^"\r\n]*)"')
 # control bytes other than tab, CR and LF mean binary garbage (UTF-8 text is let through)
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-class TcpChannel(Strict):
-    """Plain TCP reachability of one port (connect latency only)."""
-
-    port: int = Field(ge=1, le=65535)
-    timeout_s: float = Field(default=3.0, gt=0, le=60)
-    status: Provenance = "assumed"
-
-
-class VcApiChannel(Strict):
-    """The VC control API on TCP 6024: documented for VC110–VC880, ``assumed`` for A20/A30/MVC."""
-
-    port: int = Field(default=VCAPI_PORT, ge=1, le=65535)
-    query_status: bool = False
-    timeout_s: float = Field(default=3.0, gt=0, le=60)
-    max_line_bytes: int = Field(default=4096, ge=64, le=1_048_576)
-    max_bytes: int = Field(default=65_536, ge=64, le=16_777_216)
-    status: Provenance = "assumed"
 
 
 @dataclass(frozen=True, slots=True)
