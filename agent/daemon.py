@@ -8,11 +8,13 @@ tests (with a fake clock and explicit ``poll_once`` calls).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import platformdirs
@@ -25,9 +27,11 @@ from agent.scheduler import PollScheduler
 from agent.state import DeviceState, Event, Policy, Recovered, WentDown, next_delay_s, step
 from agent.store import Store
 from collectors.base import Collector
+from collectors.blackbox import BlackBoxes
 from collectors.errors import CollectorError
 from collectors.pins import PinStore
 from collectors.registry import build_collector
+from collectors.syslog import SyslogReceiver
 from config.loader import ConfigError, load_profile, profile_name, resolve_password
 from config.schema import AgentConfig, Profile
 from uploader.dispatcher import Dispatcher
@@ -47,6 +51,23 @@ class AgentEvent:
     device_id: str
     kind: str
     text: str
+
+
+def syslog_sources(config: AgentConfig) -> dict[str, str]:
+    """Map each device's address to its id, so syslog senders are known (names are resolved once)."""
+    sources: dict[str, str] = {}
+    for dev in config.devices:
+        try:
+            sources[str(ipaddress.ip_address(dev.host))] = dev.id
+            continue
+        except ValueError:
+            pass
+        try:
+            for info in socket.getaddrinfo(dev.host, None):
+                sources[str(info[4][0])] = dev.id
+        except OSError as err:
+            log.warning("event=syslog_source_unresolved device=%s host=%s error=%s", dev.id, dev.host, err)
+    return sources
 
 
 def default_data_dir() -> Path:
@@ -82,8 +103,24 @@ class Agent:
         self.pins = PinStore(self.data_dir / "pins.json")
         self.backend = build_backend(config.ticketing, self.data_dir)
         self.dispatcher = Dispatcher(self.backend, self.data_dir / "dispatch.sqlite", clock=self.clock)
+        self.blackboxes: BlackBoxes | None = None
+        self.syslog: SyslogReceiver | None = None
+        if config.syslog is not None:
+            self.blackboxes = BlackBoxes(
+                self.data_dir / "blackbox",
+                max_bytes=config.syslog.blackbox_max_bytes,
+                segment_bytes=config.syslog.segment_bytes,
+            )
+            self.syslog = SyslogReceiver.from_settings(
+                config.syslog, sources=syslog_sources(config), boxes=self.blackboxes
+            )
         self.incidents = IncidentManager(
-            config, self.store, self.dispatcher, self.clock, attachment_for=self.last_log_attachment
+            config,
+            self.store,
+            self.dispatcher,
+            self.clock,
+            attachment_for=self.last_log_attachment,
+            evidence_for=self.blackbox_attachments,
         )
         self.poller = Poller(self.collector, self.clock)
         self.states: dict[str, DeviceState] = {
@@ -212,6 +249,23 @@ class Agent:
         path = Path(last.path)
         return Attachment(name=path.name, path=path, content_type="application/gzip")
 
+    def blackbox_attachments(self, device_id: str, failed_at: datetime) -> list[Attachment]:
+        """Export the device's black-box syslog around a failure as a ticket attachment."""
+        if self.blackboxes is None or self.config.syslog is None:
+            return []
+        box = self.blackboxes.get(device_id)
+        if box.size_bytes() == 0:
+            return []
+        since = failed_at - timedelta(minutes=self.config.syslog.attach_minutes)
+        folder = self.data_dir / "evidence" / device_id
+        folder.mkdir(parents=True, exist_ok=True)
+        dest = folder / f"{device_id}-blackbox-{failed_at:%Y%m%dT%H%M%SZ}.log"
+        size, _sha = box.export(dest, since=since)
+        if size == 0:
+            dest.unlink(missing_ok=True)
+            return []
+        return [Attachment(name=dest.name, path=dest, content_type="text/plain")]
+
     # --- running ----------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -225,6 +279,8 @@ class Agent:
         )
         self._scheduler.add_periodic(self.dispatcher.flush, every_s=5.0, job_id="dispatch")
         self._scheduler.start()
+        if self.syslog is not None:
+            self.syslog.start()
         log.info("event=agent_started devices=%d data_dir=%s", len(self.config.devices), self.data_dir)
 
     def stop(self) -> None:
@@ -232,6 +288,10 @@ class Agent:
         if self._scheduler is not None:
             self._scheduler.stop()
             self._scheduler = None
+        if self.syslog is not None:
+            self.syslog.stop()
+        if self.blackboxes is not None:
+            self.blackboxes.close()
         self.dispatcher.flush()
         for collector in self._collectors.values():
             collector.close()

@@ -29,6 +29,11 @@ from config.schema import AgentConfig, Device
 from uploader.intents import Intent, IntentKind, TicketSink
 from uploader.models import Attachment, Priority, Ticket
 
+EVIDENCE_LINE = {
+    "en": "Also attached: the device's black-box syslog from before the failure ({names}).",
+    "pl": "Załączono też czarną skrzynkę urządzenia (syslog sprzed awarii): {names}.",
+}
+
 log = logging.getLogger("hezo.incidents")
 
 #: How many recent polls a ticket's timeline shows.
@@ -46,12 +51,14 @@ class IncidentManager:
         clock: Clock,
         *,
         attachment_for: Callable[[str], Attachment | None],
+        evidence_for: Callable[[str, datetime], Sequence[Attachment]] | None = None,
     ) -> None:
         self._config = config
         self._store = store
         self._sink = sink
         self._clock = clock
         self._attachment_for = attachment_for
+        self._evidence_for = evidence_for
         self._language = config.agent.language
 
     def handle(self, device_id: str, events: Sequence[Event]) -> None:
@@ -127,6 +134,11 @@ class IncidentManager:
     def _submit_open(self, device: Device, incident: Incident, event: WentDown) -> None:
         attachment = self._attachment(device.id)
         ticket = dataclasses.replace(self._render(device, event, attachment), key=incident.ticket_key)
+        evidence = self._evidence(device.id, event.first_failure_at or event.at)
+        if evidence:
+            names = ", ".join(a.name for a in evidence)
+            line = EVIDENCE_LINE[self._language].format(names=names)
+            ticket = dataclasses.replace(ticket, body=f"{ticket.body.rstrip()}\n{line}\n")
         self._sink.submit(
             Intent(
                 kind=IntentKind.OPEN,
@@ -134,7 +146,7 @@ class IncidentManager:
                 idempotency_key=f"{incident.ticket_key}:open",
                 priority=Priority.CRITICAL,
                 ticket=ticket,
-                attachments=(attachment,) if attachment else (),
+                attachments=((attachment,) if attachment else ()) + tuple(evidence),
             )
         )
 
@@ -171,6 +183,15 @@ class IncidentManager:
         )
 
     # --- ticket content -------------------------------------------------------------------
+
+    def _evidence(self, device_id: str, failed_at: datetime) -> tuple[Attachment, ...]:
+        if self._evidence_for is None:
+            return ()
+        try:
+            return tuple(self._evidence_for(device_id, failed_at))
+        except OSError as err:
+            log.warning("event=evidence_attachment_failed device=%s error=%s", device_id, type(err).__name__)
+            return ()
 
     def _attachment(self, device_id: str) -> Attachment | None:
         try:

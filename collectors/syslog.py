@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import threading
 from collections.abc import Callable, Mapping
 
-from pydantic import Field, field_validator, model_validator
-
 from agent.clock import Clock, SystemClock
-from collectors.blackbox import BlackBoxes, MiB, format_time
+from collectors.blackbox import BlackBoxes, format_time
 from collectors.models import ChannelResult
 from collectors.syslog_parse import SyslogMessage, SyslogStats, TcpFramer, normalize_ip, parse_message
-from config.base import Provenance, Strict
+from config.channels import SyslogSettings
 
 __all__ = [
     "DEVICE_SYSLOG_PARAMETERS",
@@ -40,42 +37,6 @@ log = logging.getLogger(__name__)
 DEVICE_SYSLOG_PARAMETERS = (
     "static.syslog.server", "static.syslog.server_port", "static.syslog.transport_type"
 )
-
-
-class SyslogSettings(Strict):
-    """Receiver and black-box settings.
-
-    That the bars send syslog at all is ASSUMED (``status: assumed``): Yealink documents remote
-    syslog only for its phones (parameters in :data:`DEVICE_SYSLOG_PARAMETERS`, facility local0,
-    levels 0-7); see /work/shared/yealink-facts.md.
-    """
-
-    host: str = "0.0.0.0"
-    udp_port: int | None = Field(default=5514, ge=0, le=65535)
-    tcp_port: int | None = Field(default=5514, ge=0, le=65535)
-    max_message_bytes: int = Field(default=8192, ge=480, le=65535)
-    blackbox_max_bytes: int = Field(default=8 * MiB, ge=512)
-    segment_bytes: int = Field(default=1 * MiB, ge=256)
-    max_tcp_connections: int = Field(default=256, ge=1, le=100_000)
-    tcp_idle_timeout_s: float = Field(default=600.0, gt=0)
-    tcp_message_timeout_s: float = Field(default=30.0, gt=0)
-    status: Provenance = "assumed"
-
-    @field_validator("host")
-    @classmethod
-    def _host(cls, value: str) -> str:
-        try:
-            return str(ipaddress.ip_address(value.strip()))
-        except ValueError:
-            raise ValueError("listen host must be an IP address (0.0.0.0, ::, 127.0.0.1, ...)") from None
-
-    @model_validator(mode="after")
-    def _caps(self) -> SyslogSettings:
-        if self.blackbox_max_bytes < 2 * self.segment_bytes:
-            raise ValueError("blackbox_max_bytes must hold at least two segments (2 * segment_bytes)")
-        if self.udp_port is None and self.tcp_port is None:
-            raise ValueError("enable at least one of udp_port and tcp_port")
-        return self
 
 
 class SyslogReceiver:

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from config.base import Provenance, Strict
-from config.channels import ChannelName, DeviceChannel, ProfileChannels
+from config.channels import ChannelName, DeviceChannel, ProfileChannels, SyslogSettings
 
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
@@ -230,6 +230,7 @@ class AgentConfig(Strict):
     contracts: tuple[Contract, ...] = ()
     devices: tuple[Device, ...]
     ticketing: Ticketing = Ticketing()
+    syslog: SyslogSettings | None = Field(None, description="receive the devices' syslog into black boxes")
 
     def site(self, name: str) -> Site:
         """Return the site called ``name`` (validated to exist)."""

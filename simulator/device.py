@@ -7,10 +7,12 @@ state and are only called from outside the loop while the fleet is not running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
 import secrets
+import socket
 import ssl
 import time
 from collections import OrderedDict
@@ -37,6 +39,7 @@ CHANNELS = ("http", "tcp6024")
 DEFAULT_SLOW_S = 3.0
 DEFAULT_REBOOT_S = 20.0
 MAX_TOKENS = 256
+SYSLOG_SEVERITY = {"ERROR": 3, "WARN": 4, "INFO": 6, "DEBUG": 7}
 MAX_EVENTS = 500
 GZIP = "application/gzip"
 
@@ -86,9 +89,15 @@ class DeviceServer:
         seed: int,
         log_bytes: int,
         vcapi: VcApiServer | None = None,
+        syslog_to: tuple[str, int] | None = None,
+        syslog_every_s: float = 5.0,
     ) -> None:
         self.ident = ident
         self.vcapi = vcapi
+        self._syslog_to = syslog_to
+        self._syslog_every_s = syslog_every_s
+        self._syslog_sock: socket.socket | None = None
+        self._syslog_timer: asyncio.TimerHandle | None = None
         self.desc = desc
         self.profile = profile
         self._cert = cert
@@ -140,6 +149,40 @@ class DeviceServer:
     def _event(self, file: str, level: str, source: str, message: str) -> None:
         self._events.append(LogEvent(datetime.now(UTC), file, level, source, message))
         del self._events[:-MAX_EVENTS]
+        self.send_syslog(level, source, message)
+
+    # --- syslog to the agent (ASSUMED: the bars' remote syslog follows Yealink's phones) ------
+
+    def send_syslog(self, level: str, source: str, message: str) -> None:
+        """Send one RFC 5424 message (facility local0) from the device's own address, if enabled."""
+        if self._syslog_sock is None or self._syslog_to is None or not self._listening_wanted():
+            return
+        pri = 16 * 8 + SYSLOG_SEVERITY.get(level, 6)
+        stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        line = f"<{pri}>1 {stamp} {self.desc.hostname} {source} - - - {message}"
+        with contextlib.suppress(OSError):  # a full buffer or a gone agent loses a line, as real UDP does
+            self._syslog_sock.sendto(line.encode("utf-8"), self._syslog_to)
+
+    def _start_syslog(self) -> None:
+        if self._syslog_to is None:
+            return
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.bind((self.desc.host, 0))  # the source address tells the agent which device spoke
+        self._syslog_sock = sock
+        self._syslog_tick()
+
+    def _syslog_tick(self) -> None:
+        self.send_syslog("INFO", "sysmon", f"status ok uptime={self.uptime_s()}s call=idle")
+        self._syslog_timer = asyncio.get_running_loop().call_later(self._syslog_every_s, self._syslog_tick)
+
+    def _stop_syslog(self) -> None:
+        if self._syslog_timer is not None:
+            self._syslog_timer.cancel()
+            self._syslog_timer = None
+        if self._syslog_sock is not None:
+            self._syslog_sock.close()
+            self._syslog_sock = None
 
     def _peripheral_names(self) -> dict[str, str]:
         names = PERIPHERAL_NAMES.get(self.desc.model, {})
@@ -169,6 +212,7 @@ class DeviceServer:
             self.desc = replace(self.desc, vcapi_port=self.vcapi.port)
         if "reboot" in self.faults:
             self._arm_reboot(float(self.faults["reboot"] or DEFAULT_REBOOT_S))
+        self._start_syslog()
 
     async def stop(self) -> None:
         """Close the listener and drop every connection, hung ones included."""
@@ -180,6 +224,7 @@ class DeviceServer:
         self._release.set()
         if self.vcapi is not None:
             await self.vcapi.stop()
+        self._stop_syslog()
         for task in list(self._tasks):
             task.cancel()
 

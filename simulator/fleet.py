@@ -55,6 +55,7 @@ class Fleet:
         control_port: int | None = None,
         log_bytes: int = 100_000,
         vcapi_port: int | None = 6024,
+        syslog_to: tuple[str, int] | None = None,
     ) -> None:
         """Plan the fleet (identities, certificates); nothing listens until :meth:`start`.
 
@@ -108,9 +109,17 @@ class Fleet:
                     seed=seed,
                 )
             self._servers[ident.id] = DeviceServer(
-                ident, desc, profiles[ident.model], cert, seed=seed, log_bytes=log_bytes, vcapi=vcapi
+                ident,
+                desc,
+                profiles[ident.model],
+                cert,
+                seed=seed,
+                log_bytes=log_bytes,
+                vcapi=vcapi,
+                syslog_to=syslog_to,
             )
         self.devices: list[SimDevice] = [s.desc for s in self._servers.values()]
+        self.syslog_to = syslog_to
         self.control_url: str | None = None
         self._control_port = control_port
         self._control_runner: web.AppRunner | None = None
@@ -286,7 +295,9 @@ class Fleet:
             "up_after": up_after,
             "language": language,
         }
-        return agentconfig.write_agent_config(self.devices, Path(path), data_dir=data_dir, agent=settings)
+        return agentconfig.write_agent_config(
+            self.devices, Path(path), data_dir=data_dir, agent=settings, syslog_to=self.syslog_to
+        )
 
 
 def _run_loop(loop: asyncio.AbstractEventLoop) -> None:

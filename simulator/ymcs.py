@@ -26,9 +26,7 @@ import secrets
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -36,42 +34,18 @@ from typing import Any
 from aiohttp import web
 
 from simulator.certs import make_certificate, server_context
+from simulator.ymcs_wire import (
+    ENDPOINTS,
+    FAULTS,
+    RecordedRequest,
+    device_record,
+    error_response,
+    fault_response,
+    page_response,
+)
 
-__all__ = ["ENDPOINTS", "FAULTS", "MockYmcs", "RecordedRequest"]
-
-ENDPOINTS = ("token", "listDevices", "device", "listParts", "listAlarms", "exportSyslog", "status", "download")
-FAULTS = ("malformed", "shape", "garbage", "huge", "slow", "endless", "hang", "echo")
-PAGE_MAX = {"listDevices": 100, "listParts": 500, "listAlarms": 500}
+__all__ = ["ENDPOINTS", "FAULTS", "MockYmcs", "RecordedRequest", "device_record"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass(frozen=True, slots=True)
-class RecordedRequest:
-    """One request the mock received: endpoint name, method, path, headers, raw body."""
-
-    endpoint: str
-    method: str
-    path: str
-    headers: dict[str, str]
-    raw: bytes
-
-    @property
-    def body(self) -> Any:
-        """The body decoded as JSON, or None (empty or not JSON)."""
-        try:
-            return json.loads(self.raw) if self.raw else None
-        except ValueError:
-            return None
-
-
-def _error(status: int, code: str, message: str, *details: tuple[str, str]) -> web.Response:
-    doc = {
-        "code": code,
-        "requestId": uuid.uuid4().hex,
-        "message": message,
-        "details": [{"field": f, "message": m} for f, m in details],
-    }
-    return web.json_response(doc, status=status)
 
 
 class MockYmcs:
@@ -114,16 +88,23 @@ class MockYmcs:
         self.diagnosis_polls, self.diagnosis_outcome = diagnosis_polls, "success"
         self.syslog_content = b"<134>1 2026-01-05T09:00:00Z bar app - - - syslog export from the mock\n" * 64
         self._diagnoses: dict[str, dict[str, Any]] = {}
-        self._files: dict[str, bytes] = {}
+        self._files: dict[str, tuple[bytes, str]] = {}  # name -> (content, url signature)
         cert = make_certificate(host, "ymcs-mock")
-        self._cert_dir = tempfile.TemporaryDirectory(prefix="hezo-ymcs-")
-        self.ca_path = Path(self._cert_dir.name) / "ymcs-ca.pem"
-        self.ca_path.write_bytes(cert.cert_pem)
+        self._cert_pem = cert.cert_pem
+        self._cert_dir: tempfile.TemporaryDirectory[str] | None = None
+        self.ca_path = self._write_ca()
         self._ssl = server_context(cert)
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+
+    def _write_ca(self) -> Path:
+        """Write the certificate (its own CA) for clients' ``verify=``; the folder goes at :meth:`stop`."""
+        self._cert_dir = tempfile.TemporaryDirectory(prefix="hezo-ymcs-")
+        path = Path(self._cert_dir.name) / "ymcs-ca.pem"
+        path.write_bytes(self._cert_pem)
+        return path
 
     @property
     def base_url(self) -> str:
@@ -139,6 +120,8 @@ class MockYmcs:
             OSError: the address cannot be bound.
         """
         self._closing = asyncio.Event()
+        if self._cert_dir is None:  # restarted after stop(): same certificate, new file
+            self.ca_path = self._write_ca()
         app = web.Application(middlewares=[self._middleware], client_max_size=1024 * 1024)
         add = app.router.add_route
         add("POST", "/v2/token", self._token, name="token")
@@ -149,9 +132,9 @@ class MockYmcs:
         add("POST", self.export_syslog_path, self._export, name="exportSyslog")
         add("GET", "/v2/dm/diagnosis/{id}/status", self._status, name="status")
         add("GET", "/files/{name}", self._download, name="download")
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, ssl_context=self._ssl, shutdown_timeout=0.5)
+        site = web.TCPSite(runner, self.host, self.port, ssl_context=self._ssl)
         try:
             await site.start()
         except BaseException:
@@ -197,7 +180,9 @@ class MockYmcs:
             if not thread.is_alive():
                 loop.close()
         self._loop = self._thread = None
-        self._cert_dir.cleanup()
+        if self._cert_dir is not None:
+            self._cert_dir.cleanup()
+            self._cert_dir = None
 
     def __enter__(self) -> MockYmcs:
         """Start the mock in its own thread."""
@@ -270,20 +255,20 @@ class MockYmcs:
             self._throttle_next = max(0, self._throttle_next - 1)
             fault = self._faults.get(route)
         if throttle:
-            resp = _error(429, "900429", "too many requests: 50 per second per enterprise")
+            resp = error_response(429, "900429", "too many requests: 50 per second per enterprise")
             if self._retry_after:
                 resp.headers["Retry-After"] = self._retry_after
             return resp
-        if route.startswith("/") or route == "unknown":
-            return _error(404, "900404", "no such API")
+        if route not in ENDPOINTS:
+            return error_response(404, "900404", "no such API")
         if route not in ("token", "download"):
             problem = self._check_call(request)
             if problem is not None:
                 return problem
         if request.method == "POST" and not raw:
-            return _error(412, "900444", "request body is required")
+            return error_response(412, "900444", "request body is required")
         if fault is not None:
-            return await self._faulty(request, fault, route)
+            return await fault_response(request, fault, self._closing)
         return await handler(request)
 
     def _check_call(self, request: web.Request) -> web.Response | None:
@@ -292,44 +277,16 @@ class MockYmcs:
         with self._lock:
             expires = self._tokens.get(token)
         if expires is None or time.monotonic() >= expires:
-            return _error(401, "900401", "access token invalid or expired")
+            return error_response(401, "900401", "access token invalid or expired")
         stamp, nonce = request.headers.get("timestamp", ""), request.headers.get("nonce", "")
         if not (stamp.isdigit() and len(stamp) == 13):
-            return _error(400, "900400", "bad header", ("timestamp", "milliseconds since the epoch"))
+            return error_response(400, "900400", "bad header", ("timestamp", "milliseconds since the epoch"))
         with self._lock:
             seen = nonce in self._nonces
             self._nonces.add(nonce)
         if not 1 <= len(nonce) <= 32 or seen:
-            return _error(400, "900400", "bad header", ("nonce", "1-32 characters, never reused"))
+            return error_response(400, "900400", "bad header", ("nonce", "1-32 characters, never reused"))
         return None
-
-    async def _faulty(self, request: web.Request, kind: str, route: str) -> web.StreamResponse:
-        if kind == "malformed":
-            return web.Response(body=b'{"skip": 0, "data": [{"id": ', content_type="application/json")
-        if kind == "shape":
-            return web.json_response({"total": "many", "data": {"id": 1}, "status": 7})
-        if kind == "garbage":
-            return web.Response(body=secrets.token_bytes(4096), content_type="application/json")
-        if kind == "echo":  # a hostile error page quoting the credentials it was sent
-            quoted = f"{request.headers.get('Authorization', '')} {request.headers.get('nonce', '')}"
-            return _error(400, "900400", f"rejected {quoted}", ("authorization", quoted))
-        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-        await resp.prepare(request)
-        chunk, pause_s = {"huge": (b"[" * 65536, 0.0), "endless": (b"A" * 65536, 0.0)}.get(kind, (b" ", 0.2))
-        limit = 8 * 1024 * 1024 if kind == "huge" else 1 << 40
-        sent = 0
-        try:
-            while sent < limit and not self._closing.is_set():
-                if kind == "hang":
-                    await asyncio.sleep(0.05)
-                    continue
-                await resp.write(chunk)
-                sent += len(chunk)
-                await asyncio.sleep(pause_s)
-            await resp.write_eof()
-        except (ConnectionError, RuntimeError):
-            pass  # the client gave up: that is what a byte cap or deadline does
-        return resp
 
     # --- endpoints --------------------------------------------------------------------------------
 
@@ -340,14 +297,16 @@ class MockYmcs:
         except (binascii.Error, UnicodeDecodeError):
             user = password = ""
         if not auth.startswith("Basic ") or (user, password) != (self.client_id, self.client_secret):
-            return _error(401, "900401", "invalid client credentials")
+            return error_response(401, "900401", "invalid client credentials")
         body = await self._json(request)
         if not isinstance(body, dict) or body.get("grant_type") != "client_credentials":
-            return _error(400, "900400", "unsupported grant", ("grant_type", "must be client_credentials"))
+            detail = ("grant_type", "must be client_credentials")
+            return error_response(400, "900400", "unsupported grant", detail)
         token = "ymcs-at-" + secrets.token_hex(16)
         with self._lock:
             self._tokens[token] = time.monotonic() + self.token_ttl_s
-        return web.json_response({"access_token": token, "token_type": "Bearer", "expires_in": self.token_ttl_s})
+        doc = {"access_token": token, "token_type": "Bearer", "expires_in": self.token_ttl_s}
+        return web.json_response(doc)
 
     async def _json(self, request: web.Request) -> Any:
         try:
@@ -355,21 +314,10 @@ class MockYmcs:
         except ValueError:
             return None
 
-    async def _page(self, request: web.Request, route: str, items: list[dict[str, Any]]) -> web.Response:
-        body = await self._json(request)
-        if not isinstance(body, dict):
-            return _error(400, "900400", "body is not a JSON object")
-        skip, limit = body.get("skip", 0), body.get("limit", 20)
-        if not isinstance(skip, int) or skip < 0:
-            return _error(400, "900400", "bad paging", ("skip", "a number >= 0"))
-        if not isinstance(limit, int) or not 1 <= limit <= PAGE_MAX[route]:
-            return _error(400, "900400", "bad paging", ("limit", f"1..{PAGE_MAX[route]}"))
-        return web.json_response({"skip": skip, "limit": limit, "total": len(items), "data": items[skip : skip + limit]})
-
     async def _list_devices(self, request: web.Request) -> web.Response:
         with self._lock:
             items = copy.deepcopy(self._devices)
-        return await self._page(request, "listDevices", items)
+        return page_response(await self._json(request), "listDevices", items)
 
     def _find(self, device_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -377,26 +325,26 @@ class MockYmcs:
 
     async def _device(self, request: web.Request) -> web.Response:
         found = self._find(request.match_info["id"])
-        return web.json_response(found) if found else _error(404, "900404", "no such device")
+        return web.json_response(found) if found else error_response(404, "900404", "no such device")
 
     async def _list_parts(self, request: web.Request) -> web.Response:
         device_id = request.match_info["id"]
         if self._find(device_id) is None:
-            return _error(404, "900404", "no such device")
+            return error_response(404, "900404", "no such device")
         with self._lock:
             items = copy.deepcopy(self._parts.get(device_id, []))
-        return await self._page(request, "listParts", items)
+        return page_response(await self._json(request), "listParts", items)
 
     async def _list_alarms(self, request: web.Request) -> web.Response:
         with self._lock:
             items = copy.deepcopy(self._alarms)  # every status: the API has no status filter
-        return await self._page(request, "listAlarms", items)
+        return page_response(await self._json(request), "listAlarms", items)
 
     async def _export(self, request: web.Request) -> web.Response:
         body = await self._json(request)
         device_id = str(body.get("deviceId", "")) if isinstance(body, dict) else ""
         if self._find(device_id) is None:
-            return _error(400, "900400", "unknown device", ("deviceId", "no such device"))
+            return error_response(400, "900400", "unknown device", ("deviceId", "no such device"))
         diagnosis_id = "diag-" + secrets.token_hex(8)
         with self._lock:
             self._diagnoses[diagnosis_id] = {"polls": self.diagnosis_polls, "outcome": self.diagnosis_outcome}
@@ -407,21 +355,20 @@ class MockYmcs:
         with self._lock:
             diag = self._diagnoses.get(diagnosis_id)
             if diag is None:
-                return _error(404, "900404", "no such diagnosis")
+                return error_response(404, "900404", "no such diagnosis")
             if diag["polls"] > 0:
                 diag["polls"] -= 1
                 return web.json_response({"diagnosisId": diagnosis_id, "status": "inprogress"})
             if diag["outcome"] != "success":
                 return web.json_response({"diagnosisId": diagnosis_id, "status": "failure"})
             name, signature = f"syslog-{diagnosis_id}.tar.gz", secrets.token_hex(16)
-            self._files[name] = self.syslog_content
-            diag["signature"] = signature
+            self._files[name] = (self.syslog_content, signature)
         url = f"{self.base_url}/files/{name}?signature={signature}"
         return web.json_response({"diagnosisId": diagnosis_id, "status": "success", "url": url})
 
     async def _download(self, request: web.Request) -> web.Response:
         with self._lock:
-            content = self._files.get(request.match_info["name"])
-        if content is None:
-            return _error(404, "900404", "no such file")
+            content, signature = self._files.get(request.match_info["name"], (b"", ""))
+        if not signature or request.query.get("signature") != signature:
+            return error_response(404, "900404", "no such file")
         return web.Response(body=content, content_type="application/octet-stream")

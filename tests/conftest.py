@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+import socket
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -15,8 +17,8 @@ def fleet_factory() -> Iterator[Callable[..., Fleet]]:
     """Start fleets on a random 127.<net>.0.0/16 with ephemeral ports; stop them all afterwards."""
     started: list[Fleet] = []
 
-    def start(devices: int = 6, seed: int = 11) -> Fleet:
-        sim = Fleet(devices=devices, seed=seed, net=random.randint(100, 200), port=0)
+    def start(devices: int = 6, seed: int = 11, **options: Any) -> Fleet:
+        sim = Fleet(devices=devices, seed=seed, net=random.randint(100, 200), port=0, **options)
         sim.start()
         started.append(sim)
         return sim
@@ -24,3 +26,10 @@ def fleet_factory() -> Iterator[Callable[..., Fleet]]:
     yield start
     for sim in started:
         sim.stop()
+
+
+def free_udp_port() -> int:
+    """A UDP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

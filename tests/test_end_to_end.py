@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import free_udp_port
 
 from agent.clock import FakeClock
 from agent.daemon import Agent
@@ -193,5 +194,36 @@ def test_6024_down_while_http_answers_names_the_channel(fleet: Fleet, tmp_path: 
         assert outcome.sample.failing_channels == ("tcp6024",)
         failed = next(c for c in outcome.sample.channels if c.channel == "tcp6024")
         assert failed.reason == "timeout"
+    finally:
+        agent.stop()
+
+
+def test_ticket_carries_the_black_box_syslog_from_before_the_failure(
+    fleet_factory: Callable[..., Fleet], tmp_path: Path
+) -> None:
+    port = free_udp_port()
+    sim = fleet_factory(devices=3, seed=21, syslog_to=("127.0.0.1", port))
+    clock = FakeClock()
+    agent = make_agent(sim, tmp_path, clock)
+    target = next(d for d in sim.devices if d.model == "A30")
+    assert agent.syslog is not None and agent.blackboxes is not None
+    agent.syslog.start()
+    try:
+        sim.fault(target.id, "unplug", "camera")  # a warning line the black box must keep
+        box = agent.blackboxes.get(target.id)
+        assert wait_for(lambda: any("disconnected" in line for line in box.read_since()), 10)
+        poll_all(agent, clock, 60)
+        sim.fault(target.id, "offline")
+        for _ in range(3):
+            agent.poll_once(target.id)
+            clock.advance(10)
+        (ticket,) = local_backend(agent).tickets()
+        names = [a[0] for a in ticket.attachments]
+        assert any(n.endswith(".tar.gz") for n in names)
+        (blackbox,) = [a for a in ticket.attachments if "blackbox" in a[0]]
+        text = Path(blackbox[3]).read_text()
+        assert "camera" in text and "disconnected" in text and "127." in text
+        assert "black-box" in ticket.body
+        assert agent.syslog.stats.dropped_unknown == 0
     finally:
         agent.stop()
