@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import signal
 import sys
 import threading
@@ -41,6 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-bytes", type=int, default=100_000, help="uncompressed size of a log export")
     run.add_argument("--config-out", type=Path, help="write an agent config for this fleet to FILE")
     run.add_argument("--data-dir", type=Path, help="agent data dir to put in the written config")
+    run.add_argument(
+        "--syslog-to",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="devices send RFC 5424 syslog over UDP to this loopback address; the config listens there",
+    )
+    run.add_argument(
+        "--vcapi-port", type=int, default=6024, help="port of each device's 6024 API (0: ephemeral)"
+    )
     fault = sub.add_parser("fault", help="inject a fault into a device of a running fleet")
     fault.add_argument("device")
     fault.add_argument("kind", help=", ".join(FAULT_KINDS))
@@ -82,6 +92,21 @@ def _request(control: str, method: str, path: str, body: dict[str, Any] | None =
     return data
 
 
+def _host_port(text: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` for --syslog-to; only loopback addresses are accepted."""
+    host, sep, port = text.rpartition(":")
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}") from None
+    if not sep or not address.is_loopback or not 0 < number < 65536:
+        raise argparse.ArgumentTypeError(
+            f"expected a loopback HOST:PORT such as 127.0.0.1:5514, got {text!r}"
+        )
+    return str(address), number
+
+
 def _table(rows: list[list[str]], out: TextIO) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
@@ -96,6 +121,8 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         port=args.port,
         control_port=args.control_port,
         log_bytes=args.log_bytes,
+        vcapi_port=args.vcapi_port,
+        syslog_to=args.syslog_to,
     )
     stop = threading.Event()
     fleet.start()

@@ -454,3 +454,14 @@ def test_cli_run_serves_writes_the_config_and_stops_on_sigterm(
     out = capsys.readouterr().out
     assert code == 0 and seen == {"answers": True}
     assert "a30-01" in out and f"hezo-agent run -c {config}" in out and "fleet stopped" in out
+
+
+def test_syslog_target_must_be_a_loopback_host_port() -> None:
+    import argparse
+
+    from simulator.cli import _host_port
+
+    assert _host_port("127.0.0.1:5514") == ("127.0.0.1", 5514)
+    for bad in ("10.0.0.1:514", "192.168.1.10:514", "127.0.0.1", "localhost:514", "127.0.0.1:0"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _host_port(bad)
