@@ -18,6 +18,7 @@ from rich.text import Text
 
 from config.loader import ConfigError, load_config
 from config.schema import AgentConfig
+from uploader.base import BackendError
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 
@@ -248,6 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(err.render(), file=sys.stderr)
         return EXIT_CONFIG
+    except BackendError as err:
+        print(f"hezo-agent: ticket backend: {err}", file=sys.stderr)
+        return EXIT_FAIL
     except KeyboardInterrupt:
         return 130
     except OSError as err:

@@ -141,3 +141,14 @@ def test_check_shows_each_channel_and_a_degraded_device(fleet: Fleet, fleet_conf
     assert [(c["channel"], c["ok"]) for c in healthy["channels"]] == [("http", True), ("tcp6024", True)]
     table = run("check", "-c", str(fleet_config))
     assert "channels" in table.stdout and "tcp6024" in table.stdout
+
+
+def test_unusable_data_dir_is_one_line_not_a_traceback(fleet: Fleet, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the data folder should be")
+    cfg = fleet.write_agent_config(tmp_path / "site.yaml", data_dir=blocker / "data")
+    for command in ("tickets", "status"):
+        result = run(command, "-c", str(cfg))
+        assert result.returncode == 1, (command, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert result.stderr.strip().count("\n") == 0
