@@ -19,6 +19,25 @@ from uploader.models import Priority, Ticket
 
 LANGUAGES = ("pl", "en")
 PROBLEM_OFFLINE = "offline"
+#: the structured facts every outage ticket carries for the verification step (the seed)
+SEED_FIELDS = (
+    "device",
+    "model",
+    "firmware",
+    "serial",
+    "mac",
+    "contract",
+    "contract_valid",
+    "site",
+    "address",
+    "contact_name",
+    "contact_phone",
+    "contact_email",
+    "problem",
+    "priority",
+    "last_seen",
+    "room",
+)
 MASK = "***"
 _MAX_DETAIL_CHARS = 160
 
@@ -75,78 +94,136 @@ PRIORITY_DEFINITIONS = {
 
 _REASONS = {
     "en": {
-        "ok": "answered", "unreachable": "no connection", "timeout": "no answer in time",
-        "auth_failed": "login refused", "identity_changed": "identity changed",
-        "unexpected_response": "unexpected answer", "internal_error": "agent error",
+        "ok": "answered",
+        "unreachable": "no connection",
+        "timeout": "no answer in time",
+        "auth_failed": "login refused",
+        "identity_changed": "identity changed",
+        "unexpected_response": "unexpected answer",
+        "internal_error": "agent error",
     },
     "pl": {
-        "ok": "odpowiada", "unreachable": "brak połączenia", "timeout": "brak odpowiedzi w czasie",
-        "auth_failed": "logowanie odrzucone", "identity_changed": "zmiana tożsamości",
-        "unexpected_response": "nieoczekiwana odpowiedź", "internal_error": "błąd agenta",
+        "ok": "odpowiada",
+        "unreachable": "brak połączenia",
+        "timeout": "brak odpowiedzi w czasie",
+        "auth_failed": "logowanie odrzucone",
+        "identity_changed": "zmiana tożsamości",
+        "unexpected_response": "nieoczekiwana odpowiedź",
+        "internal_error": "błąd agenta",
     },
 }
 
 _T = {
     "en": {
-        "offline": "offline", "unknown": "unknown", "never": "never (the device has not answered yet)",
-        "priority": "Priority", "device": "Device", "id": "Device ID", "room": "Room", "model": "Model",
-        "firmware": "Firmware", "serial": "Serial number", "mac": "MAC", "host": "Address (host)",
-        "contract": "HEZO+ contract", "site": "Site", "address": "Delivery address", "contact": "Contact",
-        "observed": "What was observed", "last_seen": "Last seen working",
+        "offline": "offline",
+        "unknown": "unknown",
+        "never": "never (the device has not answered yet)",
+        "priority": "Priority",
+        "device": "Device",
+        "id": "Device ID",
+        "room": "Room",
+        "model": "Model",
+        "firmware": "Firmware",
+        "serial": "Serial number",
+        "mac": "MAC",
+        "host": "Address (host)",
+        "contract": "HEZO+ contract",
+        "site": "Site",
+        "address": "Delivery address",
+        "contact": "Contact",
+        "observed": "What was observed",
+        "last_seen": "Last seen working",
         "first_failure": "First failed poll",
-        "went_down": "Declared offline", "after_polls": "after {n} consecutive failed polls",
-        "reason": "Last error", "timeline": "Timeline of observations (oldest first)",
-        "tests": "Service tests", "failed": "Failed checks", "none_failed": "none",
+        "went_down": "Declared offline",
+        "after_polls": "after {n} consecutive failed polls",
+        "reason": "Last error",
+        "timeline": "Timeline of observations (oldest first)",
+        "tests": "Service tests",
+        "failed": "Failed checks",
+        "none_failed": "none",
         "no_tests": "no service test results recorded",
-        "col_utc": "UTC", "col_local": "local", "col_result": "result", "col_reason": "reason",
-        "col_duration": "duration", "col_detail": "detail", "col_check": "check", "col_latency": "latency_ms",
-        "pass": "OK", "fail": "FAIL", "attachments": "Attachments",
+        "col_utc": "UTC",
+        "col_local": "local",
+        "col_result": "result",
+        "col_reason": "reason",
+        "col_duration": "duration",
+        "col_detail": "detail",
+        "col_check": "check",
+        "col_latency": "latency_ms",
+        "pass": "OK",
+        "fail": "FAIL",
+        "attachments": "Attachments",
         "log_attached": "The device's last collected log is attached: {name}.",
         "no_log": "No log could be collected from this device before the failure.",
         "valid": "{number}, valid {start} – {end} (covered on {today})",
         "expired": "{number}, valid {start} – {end} — NOT COVERED on {today} ({why}) — still monitored",
-        "ended": "the contract has ended", "not_started": "the contract has not started yet",
+        "ended": "the contract has ended",
+        "not_started": "the contract has not started yet",
         "not_covered": "NOT COVERED by a HEZO+ contract — still monitored",
         "serial_unknown": " (serial number not known yet, so no contract could be matched)",
         "verify": "For verification: the service tests, the attached log, the serial number and the"
-                  " contract number are all given above.",
+        " contract number are all given above.",
         "footer": "Opened automatically by hezo-agent at {now}.",
-        "recovered": "Device {device} ({model}, room \"{room}\", site {site}) has recovered: it answers again"
-                     " since {when}. Downtime: {downtime}.",
+        "recovered": 'Device {device} ({model}, room "{room}", site {site}) has recovered: it answers again'
+        " since {when}. Downtime: {downtime}.",
         "resolved": "Resolved automatically by hezo-agent at {when}: device {device} is back online"
-                    " (downtime {downtime}). If the problem comes back, a new ticket is opened.",
+        " (downtime {downtime}). If the problem comes back, a new ticket is opened.",
     },
     "pl": {
-        "offline": "niedostępne", "unknown": "nieznany",
+        "offline": "niedostępne",
+        "unknown": "nieznany",
         "never": "nigdy (urządzenie jeszcze nie odpowiedziało)",
-        "priority": "Priorytet", "device": "Urządzenie", "id": "ID urządzenia", "room": "Sala",
+        "priority": "Priorytet",
+        "device": "Urządzenie",
+        "id": "ID urządzenia",
+        "room": "Sala",
         "model": "Model",
-        "firmware": "Firmware", "serial": "Numer seryjny", "mac": "MAC", "host": "Adres (host)",
-        "contract": "Umowa HEZO+", "site": "Lokalizacja", "address": "Adres dostawy", "contact": "Kontakt",
-        "observed": "Co zaobserwowano", "last_seen": "Ostatnio działało",
+        "firmware": "Firmware",
+        "serial": "Numer seryjny",
+        "mac": "MAC",
+        "host": "Adres (host)",
+        "contract": "Umowa HEZO+",
+        "site": "Lokalizacja",
+        "address": "Adres dostawy",
+        "contact": "Kontakt",
+        "observed": "Co zaobserwowano",
+        "last_seen": "Ostatnio działało",
         "first_failure": "Pierwsza nieudana próba",
-        "went_down": "Uznane za niedostępne", "after_polls": "po {n} kolejnych nieudanych próbach",
-        "reason": "Ostatni błąd", "timeline": "Przebieg obserwacji (od najstarszej)",
-        "tests": "Testy serwisowe", "failed": "Nieudane testy", "none_failed": "brak",
+        "went_down": "Uznane za niedostępne",
+        "after_polls": "po {n} kolejnych nieudanych próbach",
+        "reason": "Ostatni błąd",
+        "timeline": "Przebieg obserwacji (od najstarszej)",
+        "tests": "Testy serwisowe",
+        "failed": "Nieudane testy",
+        "none_failed": "brak",
         "no_tests": "brak zapisanych wyników testów serwisowych",
-        "col_utc": "UTC", "col_local": "czas lokalny", "col_result": "wynik", "col_reason": "przyczyna",
-        "col_duration": "czas", "col_detail": "szczegóły", "col_check": "test", "col_latency": "latency_ms",
-        "pass": "OK", "fail": "BŁĄD", "attachments": "Załączniki",
+        "col_utc": "UTC",
+        "col_local": "czas lokalny",
+        "col_result": "wynik",
+        "col_reason": "przyczyna",
+        "col_duration": "czas",
+        "col_detail": "szczegóły",
+        "col_check": "test",
+        "col_latency": "latency_ms",
+        "pass": "OK",
+        "fail": "BŁĄD",
+        "attachments": "Załączniki",
         "log_attached": "W załączniku ostatni zebrany log urządzenia: {name}.",
         "no_log": "Przed awarią nie udało się zebrać logu z tego urządzenia.",
         "valid": "{number}, ważna {start} – {end} (obowiązuje w dniu {today})",
         "expired": "{number}, ważna {start} – {end} — BRAK OBJĘCIA UMOWĄ w dniu {today} ({why})"
-                   " — urządzenie nadal monitorowane",
-        "ended": "umowa wygasła", "not_started": "umowa jeszcze nie obowiązuje",
+        " — urządzenie nadal monitorowane",
+        "ended": "umowa wygasła",
+        "not_started": "umowa jeszcze nie obowiązuje",
         "not_covered": "BRAK OBJĘCIA umową HEZO+ — urządzenie nadal monitorowane",
         "serial_unknown": " (numer seryjny jeszcze nieznany, nie można dopasować umowy)",
         "verify": "Do weryfikacji: testy serwisowe, log w załączniku, numer seryjny i numer umowy"
-                  " podano wyżej.",
+        " podano wyżej.",
         "footer": "Zgłoszenie otwarte automatycznie przez hezo-agent: {now}.",
-        "recovered": "Urządzenie {device} ({model}, sala \"{room}\", lokalizacja {site}) znowu działa:"
-                     " odpowiada od {when}. Czas niedostępności: {downtime}.",
+        "recovered": 'Urządzenie {device} ({model}, sala "{room}", lokalizacja {site}) znowu działa:'
+        " odpowiada od {when}. Czas niedostępności: {downtime}.",
         "resolved": "Rozwiązane automatycznie przez hezo-agent: {when}. Urządzenie {device} znowu działa"
-                    " (niedostępne przez {downtime}). Jeśli problem wróci, zostanie otwarte nowe zgłoszenie.",
+        " (niedostępne przez {downtime}). Jeśli problem wróci, zostanie otwarte nowe zgłoszenie.",
     },
 }
 
@@ -256,8 +333,12 @@ def _contract_line(ctx: DownContext, today: date, t: dict[str, str]) -> str:
     contract = ctx.contract
     if contract is None:
         return t["not_covered"] + ("" if ctx.facts else t["serial_unknown"])
-    values = {"number": contract.number, "start": contract.start.isoformat(), "end": contract.end.isoformat(),
-              "today": today.isoformat()}
+    values = {
+        "number": contract.number,
+        "start": contract.start.isoformat(),
+        "end": contract.end.isoformat(),
+        "today": today.isoformat(),
+    }
     if contract_valid(contract, today):
         return t["valid"].format(**values)
     why = t["ended"] if today > contract.end else t["not_started"]
@@ -265,8 +346,10 @@ def _contract_line(ctx: DownContext, today: date, t: dict[str, str]) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) if rows else len(header[i])
-              for i in range(len(header))]
+    widths = [
+        max(len(header[i]), *(len(r[i]) for r in rows)) if rows else len(header[i])
+        for i in range(len(header))
+    ]
     lines = ["  " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
     lines.append("  " + "-+-".join("-" * w for w in widths))
     for row in rows:
@@ -297,7 +380,7 @@ def render_down_ticket(ctx: DownContext, language: str) -> Ticket:
     serial = facts.serial if facts else None
     valid = contract_valid(ctx.contract, today)
 
-    title = f"[{prio_name}] {model} \"{dev.room}\" {t['offline']} — SN {serial or unknown}"
+    title = f'[{prio_name}] {model} "{dev.room}" {t["offline"]} — SN {serial or unknown}'
     lines = [
         f"{t['priority']}: {prio_name}" + ("" if prio_name == priority.value else f" ({priority.value})"),
         f"  {situation}",
@@ -328,18 +411,31 @@ def render_down_ticket(ctx: DownContext, language: str) -> Ticket:
         f"{t['timeline']}:",
     ]
     timeline_rows = [
-        (format_utc(o.at), format_local(o.at, tz), t["pass"] if o.ok else t["fail"],
-         _reason(o.reason, language), f"{o.duration_s:.2f} s", _short(o.detail))
+        (
+            format_utc(o.at),
+            format_local(o.at, tz),
+            t["pass"] if o.ok else t["fail"],
+            _reason(o.reason, language),
+            f"{o.duration_s:.2f} s",
+            _short(o.detail),
+        )
         for o in sorted(ctx.timeline, key=lambda o: o.at)
     ]
-    header = (t["col_utc"], f"{t['col_local']} ({tz})", t["col_result"], t["col_reason"],
-              t["col_duration"], t["col_detail"])
+    header = (
+        t["col_utc"],
+        f"{t['col_local']} ({tz})",
+        t["col_result"],
+        t["col_reason"],
+        t["col_duration"],
+        t["col_detail"],
+    )
     lines += _table(header, timeline_rows) if timeline_rows else ["  —"]
     lines += ["", f"{t['tests']}:"]
     check_rows = [(c.check, t["pass"] if c.ok else t["fail"], f"{c.latency_ms:.1f}") for c in ctx.checks]
     lines += (
         _table((t["col_check"], t["col_result"], t["col_latency"]), check_rows)
-        if check_rows else [f"  {t['no_tests']}"]
+        if check_rows
+        else [f"  {t['no_tests']}"]
     )
     failed = [c for c in ctx.checks if not c.ok]
     lines += ["", f"{t['failed']}:"]
@@ -394,8 +490,12 @@ def render_recovery_comment(
     """
     t = _lang(language)
     text = t["recovered"].format(
-        device=device.id, model=device.model, room=device.room, site=site.name,
-        when=format_when(at, site.timezone), downtime=format_duration(downtime_s, language),
+        device=device.id,
+        model=device.model,
+        room=device.room,
+        site=site.name,
+        when=format_when(at, site.timezone),
+        downtime=format_duration(downtime_s, language),
     )
     return scrub(text, device_secrets(device))
 
@@ -408,6 +508,8 @@ def render_resolve_comment(device: Device, downtime_s: float, at: datetime, site
     """
     t = _lang(language)
     text = t["resolved"].format(
-        device=device.id, when=format_when(at, site.timezone), downtime=format_duration(downtime_s, language),
+        device=device.id,
+        when=format_when(at, site.timezone),
+        downtime=format_duration(downtime_s, language),
     )
     return scrub(text, device_secrets(device))

@@ -14,6 +14,7 @@ from agent.incidents import IncidentManager
 from agent.models import PollOutcome
 from agent.state import DeviceState, Health, Policy, step
 from agent.store import Store
+from agent.ticket_text import SEED_FIELDS
 from collectors.models import CheckResult, DeviceFacts, HealthSample
 from config.schema import AgentConfig
 from uploader.intents import Intent, IntentKind
@@ -21,24 +22,6 @@ from uploader.models import Attachment, Priority
 
 PASSWORD = "Hezo-Secret-Pw-123"
 SERIALS = {"a30-zarzad": "803000000001", "a20-recepcja": "802000000002", "mvc-duza": "900000000003"}
-REQUIRED_FIELDS = (
-    "device",
-    "model",
-    "firmware",
-    "serial",
-    "mac",
-    "contract",
-    "contract_valid",
-    "site",
-    "address",
-    "contact_name",
-    "contact_phone",
-    "contact_email",
-    "problem",
-    "priority",
-    "last_seen",
-    "room",
-)
 
 
 def make_config() -> AgentConfig:
@@ -207,7 +190,7 @@ def test_three_missed_polls_open_one_critical_ticket_with_every_field_and_the_lo
     ticket = intent.ticket
     assert ticket is not None and ticket.priority is Priority.CRITICAL
     assert ticket.key == intent.ticket_key, "the backend dedups on the ticket key: it must name this incident"
-    assert set(REQUIRED_FIELDS) <= set(ticket.fields)
+    assert set(SEED_FIELDS) <= set(ticket.fields)
     f = ticket.fields
     assert (f["device"], f["model"], f["serial"], f["firmware"], f["mac"]) == (
         "a30-zarzad",

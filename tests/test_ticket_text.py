@@ -9,6 +9,7 @@ import pytest
 
 from agent.store import OutcomeRecord
 from agent.ticket_text import (
+    SEED_FIELDS,
     DownContext,
     format_duration,
     format_local,
@@ -21,24 +22,6 @@ from config.schema import AgentConfig
 from uploader.models import Priority
 
 PASSWORD = "S3cret-Pa55-xyz"
-REQUIRED_FIELDS = (
-    "device",
-    "model",
-    "firmware",
-    "serial",
-    "mac",
-    "contract",
-    "contract_valid",
-    "site",
-    "address",
-    "contact_name",
-    "contact_phone",
-    "contact_email",
-    "problem",
-    "priority",
-    "last_seen",
-    "room",
-)
 FACTS = DeviceFacts(model="A30", firmware="133.15.0.20", serial="803012345678", mac="00:15:65:12:34:56")
 WINTER = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 SUMMER = datetime(2026, 7, 6, 9, 0, tzinfo=UTC)
@@ -118,7 +101,7 @@ def test_every_required_field_is_present_and_in_the_body(language: str) -> None:
     ticket = render_down_ticket(make_ctx(config), language)
     assert ticket.priority is Priority.CRITICAL
     assert ticket.key == "warszawa-hq/a30-zarzad/offline"
-    assert set(REQUIRED_FIELDS) <= set(ticket.fields)
+    assert set(SEED_FIELDS) <= set(ticket.fields)
     f = ticket.fields
     assert (f["device"], f["model"], f["firmware"], f["serial"], f["mac"]) == (
         "a30-zarzad",
