@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from collectors.errors import CollectorError
 from collectors.pins import PinStore
 from collectors.registry import build_collector
 from collectors.syslog import SyslogReceiver
+from collectors.traps import TrapReceiver
 from config.loader import ConfigError, load_profile, profile_name, resolve_password
 from config.schema import AgentConfig, Profile
 from uploader.dispatcher import Dispatcher
@@ -53,7 +55,7 @@ class AgentEvent:
     text: str
 
 
-def syslog_sources(config: AgentConfig) -> dict[str, str]:
+def device_sources(config: AgentConfig) -> dict[str, str]:
     """Map each device's address to its id, so syslog senders are known (names are resolved once)."""
     sources: dict[str, str] = {}
     for dev in config.devices:
@@ -68,6 +70,24 @@ def syslog_sources(config: AgentConfig) -> dict[str, str]:
         except OSError as err:
             log.warning("event=syslog_source_unresolved device=%s host=%s error=%s", dev.id, dev.host, err)
     return sources
+
+
+def read_secret(env: str | None, file: Path | None, key: str) -> str:
+    """Read a secret named by an environment variable or a file.
+
+    Raises:
+        ConfigError: the variable is unset or the file unreadable (the value is never shown).
+    """
+    if env is not None:
+        value = os.environ.get(env)
+        if not value:
+            raise ConfigError("config", [f"{key}_env: environment variable {env} is not set"])
+        return value
+    assert file is not None
+    try:
+        return file.read_text(encoding="utf-8-sig").strip()
+    except OSError as err:
+        raise ConfigError("config", [f"{key}_file: cannot read {file} ({err.strerror})"]) from err
 
 
 def default_data_dir() -> Path:
@@ -112,8 +132,14 @@ class Agent:
                 segment_bytes=config.syslog.segment_bytes,
             )
             self.syslog = SyslogReceiver.from_settings(
-                config.syslog, sources=syslog_sources(config), boxes=self.blackboxes
+                config.syslog, sources=device_sources(config), boxes=self.blackboxes
             )
+        self.traps: TrapReceiver | None = None
+        self._trap_sources = device_sources(config)
+        if config.traps is not None:
+            traps = config.traps
+            community = read_secret(traps.community_env, traps.community_file, "traps.community")
+            self.traps = TrapReceiver.from_settings(self._on_trap, traps, community)
         self.incidents = IncidentManager(
             config,
             self.store,
@@ -216,6 +242,17 @@ class Agent:
         if self._on_event is not None:
             self._on_event(AgentEvent(at, device_id, kind, text))
 
+    def _on_trap(self, source_ip: str, trap_oid: str, varbinds: list[tuple[str, int | str]]) -> None:
+        """A trap is a hint, never a verdict: poll its device now and let the state machine judge."""
+        device_id = self._trap_sources.get(source_ip)
+        if device_id is None:
+            log.info("event=trap_unknown_sender source=%s oid=%s", source_ip, trap_oid)
+            return
+        log.info("event=trap device=%s oid=%s", device_id, trap_oid)
+        self._emit(self.clock.now(), device_id, "trap", f"trap {trap_oid}: confirm poll")
+        if self._scheduler is not None:
+            self._scheduler.poll_now(device_id)
+
     # --- logs -------------------------------------------------------------------------------
 
     def _refresh_log_if_due(self, device_id: str, outcome: PollOutcome) -> None:
@@ -281,6 +318,8 @@ class Agent:
         self._scheduler.start()
         if self.syslog is not None:
             self.syslog.start()
+        if self.traps is not None:
+            self.traps.start()
         log.info("event=agent_started devices=%d data_dir=%s", len(self.config.devices), self.data_dir)
 
     def stop(self) -> None:
@@ -288,6 +327,8 @@ class Agent:
         if self._scheduler is not None:
             self._scheduler.stop()
             self._scheduler = None
+        if self.traps is not None:
+            self.traps.stop()
         if self.syslog is not None:
             self.syslog.stop()
         if self.blackboxes is not None:

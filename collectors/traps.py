@@ -18,17 +18,14 @@ import queue
 import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
 from pyasn1.codec.ber import decoder, encoder
-from pydantic import Field, model_validator
 from pysnmp.proto import api
 from pysnmp.proto.api import v2c
 
 from collectors.transports.snmp import SnmpLoop, SnmpValue, to_python
-from collectors.transports.snmp_settings import ENV_VAR_PATTERN
-from config.base import Provenance, Strict
+from config.channels import TRAP_PORT, TrapReceiverSettings
 
 __all__ = [
     "OID_SNMP_TRAP_OID",
@@ -45,30 +42,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TRAP_PORT = 162
 OID_SYS_UPTIME = "1.3.6.1.2.1.1.3.0"
 OID_SNMP_TRAP_OID = "1.3.6.1.6.3.1.1.4.1.0"
 #: ``on_trap(source_ip, trap_oid, varbinds)``; varbinds exclude sysUpTime.0 and snmpTrapOID.0
 TrapCallback = Callable[[str, str, list[tuple[str, SnmpValue]]], None]
-
-
-class TrapReceiverSettings(Strict):
-    """Where the agent listens for v2c traps, and the communities it accepts."""
-
-    model_config = Strict.model_config | {"hide_input_in_errors": True}
-
-    host: str = "127.0.0.1"
-    port: int = Field(default=TRAP_PORT, ge=0, le=65535)
-    community_env: str | None = Field(default=None, pattern=ENV_VAR_PATTERN)
-    community_file: Path | None = None
-    max_datagram_bytes: int = Field(default=8192, ge=484, le=65_535)
-    status: Provenance = "assumed"
-
-    @model_validator(mode="after")
-    def _one_source(self) -> TrapReceiverSettings:
-        if (self.community_env is None) == (self.community_file is None):
-            raise ValueError("give exactly one of community_env or community_file")
-        return self
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,14 +8,16 @@ whether the interface is ``documented`` or ``assumed``.
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from config.base import Provenance, Strict
+from config.base import ENV_VAR_PATTERN, Provenance, Strict
 
 VCAPI_PORT = 6024
 MiB = 1024 * 1024
+TRAP_PORT = 162
 ChannelName = Literal["tcp", "tcp6024"]
 
 
@@ -85,4 +87,23 @@ class SyslogSettings(Strict):
             raise ValueError("blackbox_max_bytes must hold at least two segments (2 * segment_bytes)")
         if self.udp_port is None and self.tcp_port is None:
             raise ValueError("enable at least one of udp_port and tcp_port")
+        return self
+
+
+class TrapReceiverSettings(Strict):
+    """Where the agent listens for v2c traps, and the communities it accepts."""
+
+    model_config = Strict.model_config | {"hide_input_in_errors": True}
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=TRAP_PORT, ge=0, le=65535)
+    community_env: str | None = Field(default=None, pattern=ENV_VAR_PATTERN)
+    community_file: Path | None = None
+    max_datagram_bytes: int = Field(default=8192, ge=484, le=65_535)
+    status: Provenance = "assumed"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TrapReceiverSettings:
+        if (self.community_env is None) == (self.community_file is None):
+            raise ValueError("give exactly one of community_env or community_file")
         return self

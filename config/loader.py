@@ -255,7 +255,12 @@ def _resolve_paths(cfg: AgentConfig, base: Path) -> AgentConfig:
             creds = creds.model_copy(update={"password_file": _beside(base, creds.password_file)})
             dev = dev.model_copy(update={"credentials": creds})
         devices.append(dev)
-    return cfg.model_copy(update={"agent": agent, "ticketing": ticketing, "devices": tuple(devices)})
+    traps = cfg.traps
+    if traps is not None and traps.community_file is not None:
+        traps = traps.model_copy(update={"community_file": _beside(base, traps.community_file)})
+    return cfg.model_copy(
+        update={"agent": agent, "ticketing": ticketing, "devices": tuple(devices), "traps": traps}
+    )
 
 
 def _check_profiles(cfg: AgentConfig) -> list[str]:

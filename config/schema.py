@@ -15,8 +15,8 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from config.base import Provenance, Strict
-from config.channels import ChannelName, DeviceChannel, ProfileChannels, SyslogSettings
+from config.base import ENV_VAR_PATTERN, Provenance, Strict
+from config.channels import ChannelName, DeviceChannel, ProfileChannels, SyslogSettings, TrapReceiverSettings
 
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
@@ -68,7 +68,6 @@ def validate_id(value: str) -> str:
 
 
 Host = Annotated[str, Field(min_length=1)]
-ENV_VAR_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 FIRMWARE_PATTERN = r"^\d+(\.\d+){3}$"
 
@@ -231,6 +230,7 @@ class AgentConfig(Strict):
     devices: tuple[Device, ...]
     ticketing: Ticketing = Ticketing()
     syslog: SyslogSettings | None = Field(None, description="receive the devices' syslog into black boxes")
+    traps: TrapReceiverSettings | None = Field(None, description="SNMP v2c traps trigger a confirm poll")
 
     def site(self, name: str) -> Site:
         """Return the site called ``name`` (validated to exist)."""

@@ -8,10 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import free_udp_port
+from peers.snmpd import send_trap
 
 from agent.clock import FakeClock
-from agent.daemon import Agent
+from agent.daemon import Agent, AgentEvent
 from agent.state import Health
 from config.loader import load_config
 from simulator.fleet import Fleet
@@ -225,5 +227,48 @@ def test_ticket_carries_the_black_box_syslog_from_before_the_failure(
         assert "camera" in text and "disconnected" in text and "127." in text
         assert "black-box" in ticket.body
         assert agent.syslog.stats.dropped_unknown == 0
+    finally:
+        agent.stop()
+
+
+LINK_DOWN = "1.3.6.1.6.3.1.1.5.3"
+
+
+def test_snmp_trap_from_a_device_triggers_an_immediate_confirm_poll(
+    fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HEZO_TEST_TRAP_COMMUNITY", "hezo-traps")
+    cfg_path = fleet.write_agent_config(
+        tmp_path / "agent.yaml", data_dir=tmp_path / "data", poll_interval_s=3600
+    )
+    data = yaml.safe_load(cfg_path.read_text())
+    data["traps"] = {
+        "host": "127.0.0.1",
+        "port": free_udp_port(),
+        "community_env": "HEZO_TEST_TRAP_COMMUNITY",
+    }
+    cfg_path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    events: list[AgentEvent] = []
+    agent = Agent(load_config(cfg_path), on_event=events.append)
+    target = fleet.devices[2]
+    assert agent.traps is not None
+    agent.start()
+    try:
+        assert wait_for(lambda: len(agent.last_outcomes) == len(fleet.devices), 10)  # first polls done
+        first = agent.last_outcomes[target.id].at
+        send_trap(
+            agent.traps.port or 0, "hezo-traps", "1.3.6.1.6.3.1.1.5.3", source=target.host, folder=tmp_path
+        )
+        # the next poll is an hour away: only the trap can make it happen now
+        assert wait_for(lambda: agent.last_outcomes[target.id].at > first, 10)
+        assert any(e.kind == "trap" and e.device_id == target.id for e in events)
+        send_trap(
+            agent.traps.port or 0,
+            "wrong-community",
+            "1.3.6.1.6.3.1.1.5.3",
+            source=target.host,
+            folder=tmp_path,
+        )
+        assert wait_for(lambda: agent.traps is not None and agent.traps.stats.unknown_community == 1, 10)
     finally:
         agent.stop()

@@ -15,13 +15,11 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from config.base import Provenance, Strict
+from config.base import ENV_VAR_PATTERN, Provenance, Strict
 
 __all__ = ["ENV_VAR_PATTERN", "SNMP_PORT", "SnmpChannel", "SnmpSecrets", "read_snmp_secrets"]
 
 SNMP_PORT = 161
-# same rule as config.schema.ENV_VAR_PATTERN (not imported: config may import this module)
-ENV_VAR_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 class SnmpChannel(Strict):

@@ -68,6 +68,7 @@ def send_trap(
     host: str = "127.0.0.1",
     folder: Path | None = None,
     inform: bool = False,
+    source: str | None = None,
 ) -> None:
     """Send one v2c trap with ``snmptrap`` (varbinds as ``(oid, type letter, value)``).
 
@@ -76,6 +77,8 @@ def send_trap(
     """
     require_binaries()
     args = ["/usr/bin/snmptrap", "-v", "2c", "-c", community]
+    if source is not None:  # send from this loopback address (as the device would)
+        args.insert(1, f"--clientaddr={source}")
     if inform:
         args += ["-Ci", "-t", "1", "-r", "0"]
     args += [f"{host}:{port}", "", trap_oid]
