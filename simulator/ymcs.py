@@ -302,7 +302,7 @@ class MockYmcs:
         if not isinstance(body, dict) or body.get("grant_type") != "client_credentials":
             detail = ("grant_type", "must be client_credentials")
             return error_response(400, "900400", "unsupported grant", detail)
-        token = "ymcs-at-" + secrets.token_hex(16)
+        token = f"ymcs-at-{secrets.token_hex(16)}"
         with self._lock:
             self._tokens[token] = time.monotonic() + self.token_ttl_s
         doc = {"access_token": token, "token_type": "Bearer", "expires_in": self.token_ttl_s}
