@@ -123,6 +123,8 @@ class Agent:
         self.pins = PinStore(self.data_dir / "pins.json")
         self.backend = build_backend(config.ticketing, self.data_dir)
         self.dispatcher = Dispatcher(self.backend, self.data_dir / "dispatch.sqlite", clock=self.clock)
+        # who is who by source address, for syslog and traps (host names resolved once, only if needed)
+        self._sources = device_sources(config) if (config.syslog or config.traps) else {}
         self.blackboxes: BlackBoxes | None = None
         self.syslog: SyslogReceiver | None = None
         if config.syslog is not None:
@@ -132,10 +134,9 @@ class Agent:
                 segment_bytes=config.syslog.segment_bytes,
             )
             self.syslog = SyslogReceiver.from_settings(
-                config.syslog, sources=device_sources(config), boxes=self.blackboxes
+                config.syslog, sources=self._sources, boxes=self.blackboxes
             )
         self.traps: TrapReceiver | None = None
-        self._trap_sources = device_sources(config)
         if config.traps is not None:
             traps = config.traps
             community = read_secret(traps.community_env, traps.community_file, "traps.community")
@@ -244,7 +245,7 @@ class Agent:
 
     def _on_trap(self, source_ip: str, trap_oid: str, varbinds: list[tuple[str, int | str]]) -> None:
         """A trap is a hint, never a verdict: poll its device now and let the state machine judge."""
-        device_id = self._trap_sources.get(source_ip)
+        device_id = self._sources.get(source_ip)
         if device_id is None:
             log.info("event=trap_unknown_sender source=%s oid=%s", source_ip, trap_oid)
             return
