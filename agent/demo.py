@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -105,21 +104,14 @@ def _step_scenario(scenario: _Scenario, fleet: Any, now: float) -> bool:
     return scenario.resolved_at is not None and now - scenario.resolved_at >= LINGER_AFTER_RESOLVE_S
 
 
-def _free_udp_port() -> int:
-    """A UDP port on 127.0.0.1 for the agent's syslog receiver (the devices send there)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def run_demo(*, seconds: float = 40.0, devices: int = 12, as_json: bool = False) -> int:
     """Run the demo and print a live table (or one JSON summary); return the exit code."""
-    from simulator.fleet import Fleet
+    from simulator.fleet import Fleet, free_udp_port
 
     logging.getLogger("hezo").setLevel(logging.ERROR)
     console = Console(stderr=as_json)
     workdir = Path(tempfile.mkdtemp(prefix="hezo-demo-"))
-    fleet = Fleet(devices=devices, seed=7, port=0, syslog_to=("127.0.0.1", _free_udp_port()))
+    fleet = Fleet(devices=devices, seed=7, port=0, syslog_to=("127.0.0.1", free_udp_port()))
     target = next((d.id for d in fleet.devices if d.model == "A30"), fleet.devices[0].id)
     scenario = _Scenario(target=target)
     try:

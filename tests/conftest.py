@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,10 +25,3 @@ def fleet_factory() -> Iterator[Callable[..., Fleet]]:
     yield start
     for sim in started:
         sim.stop()
-
-
-def free_udp_port() -> int:
-    """A UDP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import free_udp_port
 from peers.snmpd import send_trap
 
 from agent.clock import FakeClock
 from agent.daemon import Agent, AgentEvent
 from agent.state import Health
 from config.loader import load_config
-from simulator.fleet import Fleet
+from simulator.fleet import Fleet, free_udp_port
 from uploader.backends.local import LocalBackend
 
 
