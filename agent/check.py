@@ -8,6 +8,7 @@ from pathlib import Path
 
 from agent.daemon import default_data_dir
 from collectors.errors import CollectorError
+from collectors.known_hosts import KnownHosts
 from collectors.pins import PinStore
 from collectors.registry import build_collector
 from config.loader import ConfigError, load_profile, profile_name, resolve_password
@@ -45,7 +46,9 @@ class CheckRow:
         return asdict(self)
 
 
-def _check_one(config: AgentConfig, index: int, device: Device, pins: PinStore) -> CheckRow:
+def _check_one(
+    config: AgentConfig, index: int, device: Device, pins: PinStore, known_hosts: KnownHosts
+) -> CheckRow:
     search = [config.agent.profiles_dir] if config.agent.profiles_dir else []
     profile = load_profile(profile_name(device.model, device.profile), search)
     port = device.port or profile.http.port
@@ -59,15 +62,19 @@ def _check_one(config: AgentConfig, index: int, device: Device, pins: PinStore) 
         password = resolve_password(device.credentials, f"devices[{index}]") if device.credentials else None
     except ConfigError as err:
         return row(False, "no password", f"devices[{index}].{err.lines[0]}")
-    collector = build_collector(
-        device,
-        profile,
-        password=password,
-        pins=pins,
-        timeout_s=config.agent.timeout_s,
-        max_response_bytes=config.agent.max_response_bytes,
-        max_log_bytes=config.agent.max_log_bytes,
-    )
+    try:
+        collector = build_collector(
+            device,
+            profile,
+            password=password,
+            pins=pins,
+            timeout_s=config.agent.timeout_s,
+            max_response_bytes=config.agent.max_response_bytes,
+            max_log_bytes=config.agent.max_log_bytes,
+            known_hosts=known_hosts,
+        )
+    except ConfigError as err:  # a channel secret (SSH key, SNMP community) cannot be read
+        return row(False, "no secret", f"{err.source}: {err.lines[0]}")
     try:
         sample = collector.collect_health()
     except CollectorError as err:
@@ -113,6 +120,9 @@ def check_devices(config: AgentConfig, data_dir: Path | None = None) -> list[Che
     folder = Path(data_dir or config.agent.data_dir or default_data_dir())
     folder.mkdir(parents=True, exist_ok=True)
     pins = PinStore(folder / "pins.json")
+    known_hosts = KnownHosts(folder / "known_hosts")
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(config.devices))) as pool:
-        futures = [pool.submit(_check_one, config, i, dev, pins) for i, dev in enumerate(config.devices)]
+        futures = [
+            pool.submit(_check_one, config, i, dev, pins, known_hosts) for i, dev in enumerate(config.devices)
+        ]
         return [f.result() for f in futures]

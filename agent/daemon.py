@@ -30,6 +30,7 @@ from agent.store import Store
 from collectors.base import Collector
 from collectors.blackbox import BlackBoxes
 from collectors.errors import CollectorError
+from collectors.known_hosts import KnownHosts
 from collectors.pins import PinStore
 from collectors.registry import build_collector
 from collectors.syslog import SyslogReceiver
@@ -121,6 +122,7 @@ class Agent:
         )
         self.store = Store(self.data_dir / "agent.sqlite")
         self.pins = PinStore(self.data_dir / "pins.json")
+        self.known_hosts = KnownHosts(self.data_dir / "known_hosts")
         self.backend = build_backend(config.ticketing, self.data_dir)
         self.dispatcher = Dispatcher(self.backend, self.data_dir / "dispatch.sqlite", clock=self.clock)
         # who is who by source address, for syslog and traps (host names resolved once, only if needed)
@@ -157,6 +159,8 @@ class Agent:
         self._collectors_lock = threading.Lock()
         self.last_outcomes: dict[str, PollOutcome] = {}
         self._scheduler: PollScheduler | None = None
+        for dev in config.devices:  # build every collector now: a channel secret that is missing fails here
+            self.collector(dev.id)
 
     # --- construction helpers -------------------------------------------------------------
 
@@ -194,6 +198,7 @@ class Agent:
                     timeout_s=self.config.agent.timeout_s,
                     max_response_bytes=self.config.agent.max_response_bytes,
                     max_log_bytes=self.config.agent.max_log_bytes,
+                    known_hosts=self.known_hosts,
                 )
                 self._collectors[device_id] = found
             return found

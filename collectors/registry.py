@@ -5,10 +5,14 @@ from __future__ import annotations
 import concurrent.futures
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from collectors.base import Collector
+from collectors.known_hosts import KnownHosts
 from collectors.multi import ChannelProbe, MultiChannelCollector
 from collectors.pins import PinStore
+from collectors.transports.snmp import SnmpTransport, read_snmp_secrets
+from collectors.transports.ssh import SshTransport, read_secrets
 from collectors.transports.tcp import TcpConnectProbe, VcApiClient
 from collectors.yealink import YealinkHttpCollector
 from config.schema import Device, Profile
@@ -18,10 +22,22 @@ DRIVERS: dict[str, type[Collector]] = {
 }
 
 
+def _ssh(host: str, settings: Any, known_hosts: KnownHosts | None, where: str) -> ChannelProbe:
+    secrets = read_secrets(settings, where)
+    return SshTransport.from_settings(host, settings, secrets, known_hosts or KnownHosts(None))
+
+
+def _snmp(host: str, settings: Any, known_hosts: KnownHosts | None, where: str) -> ChannelProbe:
+    return SnmpTransport.from_settings(host, settings, read_snmp_secrets(settings, where))
+
+
 #: extra channels: a profile channel name → how to build its probe for one device
-PROBES: dict[str, Callable[[str, object], ChannelProbe]] = {
-    "tcp": lambda host, settings: TcpConnectProbe(host, settings),  # type: ignore[arg-type]
-    "tcp6024": lambda host, settings: VcApiClient.from_settings(host, settings),  # type: ignore[arg-type]
+#: (host, the channel's settings, the agent's known_hosts, where for error messages)
+PROBES: dict[str, Callable[[str, Any, KnownHosts | None, str], ChannelProbe]] = {
+    "tcp": lambda host, settings, _kh, _where: TcpConnectProbe(host, settings),
+    "tcp6024": lambda host, settings, _kh, _where: VcApiClient.from_settings(host, settings),
+    "ssh": _ssh,
+    "snmp": _snmp,
 }
 
 #: one pool runs every device's extra channel probes, alongside the poll thread's HTTP work
@@ -45,6 +61,7 @@ def build_collector(
     max_response_bytes: int,
     max_log_bytes: int,
     clock: Callable[[], datetime] | None = None,
+    known_hosts: KnownHosts | None = None,
 ) -> Collector:
     """Build the driver ``profile.driver`` names for ``device`` (``clock`` stamps samples, default UTC now).
 
@@ -69,17 +86,20 @@ def build_collector(
         max_log_bytes=max_log_bytes,
         clock=clock,
     )
-    probes = build_probes(device, profile)
+    probes = build_probes(device, profile, known_hosts=known_hosts)
     if not probes:
         return primary
     return MultiChannelCollector(device.id, device.model, primary, probes, pool=_PROBE_POOL, clock=clock)
 
 
-def build_probes(device: Device, profile: Profile) -> list[ChannelProbe]:
+def build_probes(
+    device: Device, profile: Profile, *, known_hosts: KnownHosts | None = None
+) -> list[ChannelProbe]:
     """Build the extra channel probes ``device`` opted in to (ports overridden per device).
 
     Raises:
         ValueError: the device names a channel its profile does not offer.
+        ConfigError: a channel's secret (SSH password or key, SNMP community or keys) cannot be read.
     """
     probes = []
     for name, choice in device.channels.items():
@@ -88,5 +108,6 @@ def build_probes(device: Device, profile: Profile) -> list[ChannelProbe]:
             raise ValueError(f"device {device.id}: profile {profile.name} offers no {name} channel")
         if choice.port is not None:
             settings = settings.model_copy(update={"port": choice.port})
-        probes.append(PROBES[name](device.host, settings))
+        where = f"device {device.id}, profile {profile.name}, channels"
+        probes.append(PROBES[name](device.host, settings, known_hosts, where))
     return probes

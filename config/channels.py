@@ -18,7 +18,7 @@ from config.base import ENV_VAR_PATTERN, Provenance, Strict
 VCAPI_PORT = 6024
 MiB = 1024 * 1024
 TRAP_PORT = 162
-ChannelName = Literal["tcp", "tcp6024"]
+ChannelName = Literal["tcp", "tcp6024", "ssh", "snmp"]
 
 
 class TcpChannel(Strict):
@@ -45,6 +45,8 @@ class ProfileChannels(Strict):
 
     tcp: TcpChannel | None = None
     tcp6024: VcApiChannel | None = None
+    ssh: SshChannel | None = None
+    snmp: SnmpChannel | None = None
 
 
 class DeviceChannel(Strict):
@@ -106,4 +108,106 @@ class TrapReceiverSettings(Strict):
     def _one_source(self) -> TrapReceiverSettings:
         if (self.community_env is None) == (self.community_file is None):
             raise ValueError("give exactly one of community_env or community_file")
+        return self
+
+
+SSH_PORT = 22
+
+
+class SshCommand(Strict):
+    """A status command a profile runs over SSH; its stdout text lands in ``fields[name]``."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    command: str = Field(min_length=1)
+    status: Provenance = "assumed"
+
+
+class SshLogFile(Strict):
+    """A remote log file a profile fetches over SFTP."""
+
+    path: str = Field(min_length=1)
+    status: Provenance = "assumed"
+
+
+class SshChannel(Strict):
+    """How a model offers SSH: port, login, status commands, log files, time and byte bounds.
+
+    Secrets are never inline: a password comes from ``password_env``/``password_file``, a
+    private key from ``key_file``/``key_env`` (OpenSSH or PEM text); give a password, a key, or both.
+    """
+
+    model_config = Strict.model_config | {"hide_input_in_errors": True}
+
+    port: int = Field(default=SSH_PORT, ge=1, le=65535)
+    username: str = Field(default="admin", min_length=1)
+    password_env: str | None = Field(default=None, pattern=ENV_VAR_PATTERN)
+    password_file: Path | None = None
+    key_file: Path | None = None
+    key_env: str | None = Field(default=None, pattern=ENV_VAR_PATTERN)
+    key_passphrase_env: str | None = Field(default=None, pattern=ENV_VAR_PATTERN)
+    commands: tuple[SshCommand, ...] = ()
+    log_files: tuple[SshLogFile, ...] = ()
+    timeout_s: float = Field(default=5.0, gt=0, le=300)
+    max_bytes: int = Field(default=1_000_000, ge=1024, le=1_000_000_000, description="per command")
+    max_file_bytes: int = Field(default=50_000_000, ge=1024, le=10_000_000_000, description="per file")
+    status: Provenance = "assumed"
+
+    @model_validator(mode="after")
+    def _one_source_each(self) -> SshChannel:
+        if self.password_env is not None and self.password_file is not None:
+            raise ValueError("give only one of password_env or password_file, not both")
+        if self.key_file is not None and self.key_env is not None:
+            raise ValueError("give only one of key_file or key_env, not both")
+        if (
+            self.password_env is None
+            and self.password_file is None
+            and self.key_file is None
+            and (self.key_env is None)
+        ):
+            raise ValueError("give password_env, password_file, key_file or key_env")
+        names = [c.name for c in self.commands]
+        if len(names) != len(set(names)):
+            raise ValueError("commands: each name must be unique")
+        return self
+
+
+SNMP_PORT = 161
+
+
+class SnmpChannel(Strict):
+    """How a device offers SNMP (``assumed``: no Yealink document describes it).
+
+    Secrets are never inline: the v2c community comes from ``community_env``/``community_file``,
+    the v3 keys from ``auth_key_env``/``auth_key_file`` and ``priv_key_env``/``priv_key_file``.
+    """
+
+    model_config = Strict.model_config | {"hide_input_in_errors": True}
+
+    port: int = Field(default=SNMP_PORT, ge=1, le=65535)
+    version: Literal["2c", "3"] = "2c"
+    community_env: str | None = Field(default=None, pattern=ENV_VAR_PATTERN)
+    community_file: Path | None = None
+    user: str | None = Field(default=None, min_length=1, max_length=32)
+    auth_key_env: str | None = Field(default=None, pattern=ENV_VAR_PATTERN)
+    auth_key_file: Path | None = None
+    priv_key_env: str | None = Field(default=None, pattern=ENV_VAR_PATTERN)
+    priv_key_file: Path | None = None
+    timeout_s: float = Field(default=2.0, gt=0, le=60, description="per request attempt")
+    retries: int = Field(default=1, ge=0, le=5)
+    max_rows: int = Field(default=256, ge=1, le=10_000, description="per walk")
+    status: Provenance = "assumed"
+
+    @model_validator(mode="after")
+    def _sources(self) -> SnmpChannel:
+        pairs = (("community_env", "community_file"), ("auth_key_env", "auth_key_file"),
+                 ("priv_key_env", "priv_key_file"))  # fmt: skip
+        for env, file in pairs:
+            if getattr(self, env) is not None and getattr(self, file) is not None:
+                raise ValueError(f"give only one of {env} or {file}, not both")
+        if self.version == "2c" and self.community_env is None and self.community_file is None:
+            raise ValueError("version 2c: give community_env or community_file")
+        if self.version == "3" and (
+            self.user is None or (self.auth_key_env is None and self.auth_key_file is None)
+        ):
+            raise ValueError("version 3: give user and auth_key_env or auth_key_file")
         return self

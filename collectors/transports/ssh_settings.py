@@ -17,9 +17,8 @@ from typing import Any
 import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from pydantic import Field, model_validator
 
-from config.schema import ENV_VAR_PATTERN, Provenance, Strict
+from config.channels import SSH_PORT, SshChannel, SshCommand, SshLogFile
 
 __all__ = [
     "SSH_PORT",
@@ -30,65 +29,6 @@ __all__ = [
     "load_private_key",
     "read_secrets",
 ]
-
-SSH_PORT = 22
-
-
-class SshCommand(Strict):
-    """A status command a profile runs over SSH; its stdout text lands in ``fields[name]``."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    command: str = Field(min_length=1)
-    status: Provenance = "assumed"
-
-
-class SshLogFile(Strict):
-    """A remote log file a profile fetches over SFTP."""
-
-    path: str = Field(min_length=1)
-    status: Provenance = "assumed"
-
-
-class SshChannel(Strict):
-    """How a model offers SSH: port, login, status commands, log files, time and byte bounds.
-
-    Secrets are never inline: a password comes from ``password_env``/``password_file``, a
-    private key from ``key_file``/``key_env`` (OpenSSH or PEM text); give a password, a key, or both.
-    """
-
-    model_config = Strict.model_config | {"hide_input_in_errors": True}
-
-    port: int = Field(default=SSH_PORT, ge=1, le=65535)
-    username: str = Field(default="admin", min_length=1)
-    password_env: str | None = Field(default=None, pattern=ENV_VAR_PATTERN)
-    password_file: Path | None = None
-    key_file: Path | None = None
-    key_env: str | None = Field(default=None, pattern=ENV_VAR_PATTERN)
-    key_passphrase_env: str | None = Field(default=None, pattern=ENV_VAR_PATTERN)
-    commands: tuple[SshCommand, ...] = ()
-    log_files: tuple[SshLogFile, ...] = ()
-    timeout_s: float = Field(default=5.0, gt=0, le=300)
-    max_bytes: int = Field(default=1_000_000, ge=1024, le=1_000_000_000, description="per command")
-    max_file_bytes: int = Field(default=50_000_000, ge=1024, le=10_000_000_000, description="per file")
-    status: Provenance = "assumed"
-
-    @model_validator(mode="after")
-    def _one_source_each(self) -> SshChannel:
-        if self.password_env is not None and self.password_file is not None:
-            raise ValueError("give only one of password_env or password_file, not both")
-        if self.key_file is not None and self.key_env is not None:
-            raise ValueError("give only one of key_file or key_env, not both")
-        if (
-            self.password_env is None
-            and self.password_file is None
-            and self.key_file is None
-            and (self.key_env is None)
-        ):
-            raise ValueError("give password_env, password_file, key_file or key_env")
-        names = [c.name for c in self.commands]
-        if len(names) != len(set(names)):
-            raise ValueError("commands: each name must be unique")
-        return self
 
 
 @dataclass(frozen=True, slots=True)

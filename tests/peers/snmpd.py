@@ -44,10 +44,10 @@ def require_binaries() -> None:
             pytest.fail(f"{tool} not found: install the Debian package snmp")
 
 
-def free_udp_port() -> int:
-    """A UDP port on 127.0.0.1 that was free a moment ago."""
+def free_udp_port(host: str = "127.0.0.1") -> int:
+    """A UDP port on ``host`` (loopback) that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
@@ -98,8 +98,10 @@ class Snmpd:
         user: str = "hezo",
         auth_key: str = "auth-key-123",
         priv_key: str = "priv-key-456",
+        host: str = "127.0.0.1",
     ) -> None:
         self.folder = folder
+        self.host = host  # a loopback address: a simulated device's own, for channel tests
         self.community, self.user, self.auth_key, self.priv_key = community, user, auth_key, priv_key
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
@@ -111,7 +113,7 @@ class Snmpd:
         """Write ``snmpd.conf`` (no agentAddress: the address is given on the command line)."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.config.write_text(
-            f"rocommunity {self.community} 127.0.0.1\n"
+            f"rocommunity {self.community} 127.0.0.0/8\n"
             f"sysDescr {SYS_DESCR}\n"
             f"# a test value: Yealink's enterprise number with a made-up product branch\n"
             f"sysObjectID {SYS_OBJECT_ID}\n"
@@ -127,7 +129,7 @@ class Snmpd:
         """Start the agent on a free loopback port and wait until ``snmpget`` answers."""
         require_binaries()
         self.write_config()
-        self.port = free_udp_port()
+        self.port = free_udp_port(self.host)
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
                 [
@@ -139,7 +141,7 @@ class Snmpd:
                     str(self.config),
                     "-p",
                     str(self.folder / "pid"),
-                    f"udp:127.0.0.1:{self.port}",
+                    f"udp:{self.host}:{self.port}",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -168,7 +170,7 @@ class Snmpd:
                 "-r",
                 "0",
                 "-Oqv",
-                f"127.0.0.1:{self.port}",
+                f"{self.host}:{self.port}",
                 "1.3.6.1.2.1.1.1.0",
             ],
             capture_output=True,

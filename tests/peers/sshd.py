@@ -44,10 +44,10 @@ def require_binaries() -> None:
         pytest.fail(f"{SSHD} or ssh-keygen not found: install the Debian package {PACKAGE}")
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` (loopback) that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
@@ -91,6 +91,7 @@ class Sshd:
         extra_config: Sequence[str] = (),
         key_type: str = "ed25519",
         log_level: str = "VERBOSE",
+        host: str = "127.0.0.1",
     ) -> None:
         """Generate host keys (``host``, ``other``), a client key and authorized_keys in ``folder``.
 
@@ -99,6 +100,7 @@ class Sshd:
         """
         require_binaries()
         self.folder = folder
+        self.host = host  # a loopback address: a simulated device's own, for channel tests
         folder.mkdir(parents=True, exist_ok=True)
         self.host_keys = {name: keygen(folder / f"ssh_host_{name}", key_type) for name in HOST_KEYS}
         self.client_key = keygen(folder / "client")
@@ -126,7 +128,7 @@ class Sshd:
     def _config(self, host_key: str) -> Path:
         lines = [
             f"Port {self.port}",
-            "ListenAddress 127.0.0.1",
+            f"ListenAddress {self.host}",
             f"HostKey {self.host_keys[host_key]}",
             f"AuthorizedKeysFile {self.folder / 'authorized_keys'}",
             f"PidFile {self.folder / 'sshd.pid'}",
@@ -150,7 +152,7 @@ class Sshd:
         for _attempt in range(5):
             keep_port = self.port != 0
             if not keep_port:
-                self.port = free_port()
+                self.port = free_port(self.host)
             config = self._config(host_key)
             mark = self.log_mark()
             with self.log_path.open("ab") as log:
@@ -165,7 +167,7 @@ class Sshd:
     def _wait_listening(self, mark: int) -> bool:
         assert self.proc is not None
         deadline = time.monotonic() + START_DEADLINE_S
-        want = f"Server listening on 127.0.0.1 port {self.port}."
+        want = f"Server listening on {self.host} port {self.port}."
         while time.monotonic() < deadline:
             if want in self.log_since(mark):
                 return True
