@@ -15,15 +15,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import IO
-
-from pydantic import Field
 
 from collectors.errors import AuthFailed, DeviceTimeout, DeviceUnreachable, UnexpectedResponse
 from collectors.models import ChannelResult
 from collectors.mtr_parse import (
-    DEFAULT_MAX_BYTES,
     EVENT_KINDS,
     MtrEvent,
     MtrHealth,
@@ -32,7 +28,7 @@ from collectors.mtr_parse import (
     parse_events,
     summarize,
 )
-from config.schema import Provenance, Strict
+from config.channels import MtrChannel
 
 __all__ = [
     "EVENT_KINDS",
@@ -49,19 +45,6 @@ __all__ = [
 ]
 
 STDERR_CAP_BYTES = 16 * 1024
-
-
-class MtrChannel(Strict):
-    """Where to read an MVC's Teams Rooms event log (the log is documented by Microsoft)."""
-
-    log_name: str = Field(default="Skype Room System", pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.\-/]{0,127}$")
-    max_events: int = Field(default=600, ge=1, le=5000)
-    xml_file: Path | None = None
-    timeout_s: float = Field(default=15.0, gt=0, le=300)
-    max_bytes: int = Field(default=DEFAULT_MAX_BYTES, ge=1024, le=64 * 1024 * 1024)
-    window_s: int = Field(default=86_400, ge=60)
-    max_heartbeat_age_s: int = Field(default=900, ge=60)
-    status: Provenance = "documented"
 
 
 @dataclass(frozen=True, slots=True)

@@ -142,4 +142,3 @@ class MultiChannelCollector(Collector):
         self._primary.close()
         for probe in self._probes:
             probe.close()
-

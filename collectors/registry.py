@@ -9,6 +9,7 @@ from typing import Any
 
 from collectors.base import Collector
 from collectors.known_hosts import KnownHosts
+from collectors.mtr import MtrSource
 from collectors.multi import ChannelProbe, MultiChannelCollector
 from collectors.pins import PinStore
 from collectors.transports.snmp import SnmpTransport, read_snmp_secrets
@@ -38,6 +39,8 @@ PROBES: dict[str, Callable[[str, Any, KnownHosts | None, str], ChannelProbe]] = 
     "tcp6024": lambda host, settings, _kh, _where: VcApiClient.from_settings(host, settings),
     "ssh": _ssh,
     "snmp": _snmp,
+    # the Teams Rooms event log of the PC the agent runs on (an MVC's MCore), not a network channel
+    "mtr": lambda _host, settings, _kh, _where: MtrSource(settings),
 }
 
 #: one pool runs every device's extra channel probes, alongside the poll thread's HTTP work

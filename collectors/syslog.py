@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 # Phone-style provisioning parameters that would point a bar at this receiver
 # (transport_type 0 UDP / 1 TCP / 2 TLS). Known from Yealink phones, ASSUMED for A20/A30/MVC.
 DEVICE_SYSLOG_PARAMETERS = (
-    "static.syslog.server", "static.syslog.server_port", "static.syslog.transport_type"
+    "static.syslog.server",
+    "static.syslog.server_port",
+    "static.syslog.transport_type",
 )
 
 
@@ -95,11 +97,17 @@ class SyslogReceiver:
     ) -> SyslogReceiver:
         """Build a receiver from :class:`SyslogSettings`."""
         return cls(
-            settings.host, settings.udp_port, settings.tcp_port, sources=sources, boxes=boxes,
-            max_message_bytes=settings.max_message_bytes, on_message=on_message,
+            settings.host,
+            settings.udp_port,
+            settings.tcp_port,
+            sources=sources,
+            boxes=boxes,
+            max_message_bytes=settings.max_message_bytes,
+            on_message=on_message,
             max_tcp_connections=settings.max_tcp_connections,
             tcp_idle_timeout_s=settings.tcp_idle_timeout_s,
-            tcp_message_timeout_s=settings.tcp_message_timeout_s, clock=clock,
+            tcp_message_timeout_s=settings.tcp_message_timeout_s,
+            clock=clock,
         )
 
     @property
@@ -172,7 +180,11 @@ class SyslogReceiver:
         if not self.running:
             detail = "syslog receiver not running"
         return ChannelResult(
-            channel="syslog", ok=True, reason="ok", latency_ms=0.0, detail=detail,
+            channel="syslog",
+            ok=True,
+            reason="ok",
+            latency_ms=0.0,
+            detail=detail,
             fields={
                 "syslog_messages": dev.messages,
                 "syslog_errors": dev.errors,

@@ -21,15 +21,27 @@ _PRI = re.compile(r"<(\d{1,3})>")
 _BSD_TIME = re.compile(r"([A-Z][a-z]{2}) ([ \d]\d) (\d\d):(\d\d):(\d\d) ")
 _ISO_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)?) ")
 _TAG = re.compile(r"([^\s:\[\]]{1,48})(?:\[([^\]]{0,128})\])?: ?")
-_MONTHS = {m: i for i, m in enumerate(
-    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), start=1)}
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), start=1
+    )
+}
 _TRAILING = "\r\n\x00"
 _LEADING = re.compile(rb"[\r\n\x00 ]*")
 _OCTET_HEADER = re.compile(rb"([1-9]\d{0,9}) ")
 _DIGITS_TAIL = re.compile(rb"\d{1,10}\Z")
 _TERMINATOR = re.compile(rb"[\n\x00]")
-_COUNTERS = ("received", "dropped_unknown", "oversize", "malformed", "store_errors", "callback_errors",
-             "tcp_rejected", "tcp_timed_out")
+_COUNTERS = (
+    "received",
+    "dropped_unknown",
+    "oversize",
+    "malformed",
+    "store_errors",
+    "callback_errors",
+    "tcp_rejected",
+    "tcp_timed_out",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,15 +133,34 @@ def parse_message(
     """Parse one framed message (RFC 5424, else RFC 3164, else raw); never raises."""
     text = payload.decode("utf-8", "replace").rstrip(_TRAILING)
 
-    def build(fmt: SyslogFormat, msg: str, facility: int | None = None, severity: int | None = None,
-              timestamp: datetime | None = None, hostname: str | None = None,
-              app_name: str | None = None, procid: str | None = None, msgid: str | None = None,
-              structured_data: str | None = None) -> SyslogMessage:
+    def build(
+        fmt: SyslogFormat,
+        msg: str,
+        facility: int | None = None,
+        severity: int | None = None,
+        timestamp: datetime | None = None,
+        hostname: str | None = None,
+        app_name: str | None = None,
+        procid: str | None = None,
+        msgid: str | None = None,
+        structured_data: str | None = None,
+    ) -> SyslogMessage:
         return SyslogMessage(
-            received_at=received_at, source_ip=source_ip, device_id=device_id, facility=facility,
-            severity=severity, timestamp=timestamp, hostname=hostname, app_name=app_name, msg=msg,
-            format=fmt, procid=procid, msgid=msgid, structured_data=structured_data,
-            truncated=truncated, raw=payload,
+            received_at=received_at,
+            source_ip=source_ip,
+            device_id=device_id,
+            facility=facility,
+            severity=severity,
+            timestamp=timestamp,
+            hostname=hostname,
+            app_name=app_name,
+            msg=msg,
+            format=fmt,
+            procid=procid,
+            msgid=msgid,
+            structured_data=structured_data,
+            truncated=truncated,
+            raw=payload,
         )
 
     pri = _PRI.match(text)
@@ -145,9 +176,16 @@ def parse_message(
         stamp, host, app, pid, msgid, _ = parts
         sd, msg = split
         return build(
-            "5424", msg.removeprefix("\ufeff"), facility, severity,
-            timestamp=None if stamp == "-" else _parse_iso(stamp), hostname=_nil(host),
-            app_name=_nil(app), procid=_nil(pid), msgid=_nil(msgid), structured_data=sd,
+            "5424",
+            msg.removeprefix("\ufeff"),
+            facility,
+            severity,
+            timestamp=None if stamp == "-" else _parse_iso(stamp),
+            hostname=_nil(host),
+            app_name=_nil(app),
+            procid=_nil(pid),
+            msgid=_nil(msgid),
+            structured_data=sd,
         )
     timestamp: datetime | None = None
     hostname: str | None = None
@@ -163,8 +201,16 @@ def parse_message(
     procid: str | None = None
     if (tag := _TAG.match(rest)) is not None:
         app_name, procid, rest = tag.group(1), tag.group(2), rest[tag.end() :]
-    return build("3164", rest, facility, severity, timestamp=timestamp, hostname=hostname,
-                 app_name=app_name, procid=procid)
+    return build(
+        "3164",
+        rest,
+        facility,
+        severity,
+        timestamp=timestamp,
+        hostname=hostname,
+        app_name=app_name,
+        procid=procid,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from config.base import ENV_VAR_PATTERN, Provenance, Strict
 VCAPI_PORT = 6024
 MiB = 1024 * 1024
 TRAP_PORT = 162
-ChannelName = Literal["tcp", "tcp6024", "ssh", "snmp"]
+ChannelName = Literal["tcp", "tcp6024", "ssh", "snmp", "mtr"]
 
 
 class TcpChannel(Strict):
@@ -47,6 +47,7 @@ class ProfileChannels(Strict):
     tcp6024: VcApiChannel | None = None
     ssh: SshChannel | None = None
     snmp: SnmpChannel | None = None
+    mtr: MtrChannel | None = None
 
 
 class DeviceChannel(Strict):
@@ -211,3 +212,16 @@ class SnmpChannel(Strict):
         ):
             raise ValueError("version 3: give user and auth_key_env or auth_key_file")
         return self
+
+
+class MtrChannel(Strict):
+    """Where to read an MVC's Teams Rooms event log (the log is documented by Microsoft)."""
+
+    log_name: str = Field(default="Skype Room System", pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.\-/]{0,127}$")
+    max_events: int = Field(default=600, ge=1, le=5000)
+    xml_file: Path | None = None
+    timeout_s: float = Field(default=15.0, gt=0, le=300)
+    max_bytes: int = Field(default=4 * MiB, ge=1024, le=64 * 1024 * 1024)
+    window_s: int = Field(default=86_400, ge=60)
+    max_heartbeat_age_s: int = Field(default=900, ge=60)
+    status: Provenance = "documented"

@@ -137,3 +137,32 @@ def test_missing_channel_secret_stops_the_agent_at_start_naming_it(
     monkeypatch.delenv("HEZO_TEST_SSH_KEY")
     with pytest.raises(ConfigError, match="HEZO_TEST_SSH_KEY is not set"):
         Agent(config)
+
+
+def test_mvc_reads_its_teams_rooms_event_log_as_a_channel(
+    fleet_factory: Callable[..., Fleet], tmp_path: Path
+) -> None:
+    fleet = fleet_factory(devices=3, seed=32)
+    mvc = next(d for d in fleet.devices if d.model == "MVC")
+    fixture = Path(__file__).parent / "fixtures" / "mtr" / "hardware_unhealthy.xml"
+    profile = yaml.safe_load((BUILTIN_PROFILES / "yealink-mvc.yaml").read_text())
+    profile["name"] = "site-mvc"
+    profile["channels"]["mtr"] = {"xml_file": str(fixture), "status": "documented"}
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "site-mvc.yaml").write_text(yaml.safe_dump(profile))
+    path = fleet.write_agent_config(tmp_path / "site.yaml", data_dir=tmp_path / "data", timeout_s=1.0)
+    data = yaml.safe_load(path.read_text())
+    data["agent"]["profiles_dir"] = "profiles"
+    entry = next(e for e in data["devices"] if e["id"] == mvc.id)
+    entry["profile"] = "site-mvc"
+    entry["channels"]["mtr"] = {}
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    agent = Agent(load_config(path), clock=FakeClock())
+    try:
+        agent.poll_once(mvc.id)
+        sample = agent.last_outcomes[mvc.id].sample
+        assert sample is not None
+        mtr = next(c for c in sample.channels if c.channel == "mtr")
+        assert mtr.ok and mtr.fields["mtr_healthy"] is False  # the room says a component is unhealthy
+    finally:
+        agent.stop()
