@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
-import os
 import socket
 import threading
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from collectors.pins import PinStore
 from collectors.registry import build_collector
 from collectors.syslog import SyslogReceiver
 from collectors.traps import TrapReceiver
-from config.loader import ConfigError, load_profile, profile_name, resolve_password
+from config.loader import ConfigError, load_profile, profile_name, read_secret, resolve_password
 from config.schema import AgentConfig, Profile
 from uploader.dispatcher import Dispatcher
 from uploader.models import Attachment
@@ -71,24 +70,6 @@ def device_sources(config: AgentConfig) -> dict[str, str]:
         except OSError as err:
             log.warning("event=syslog_source_unresolved device=%s host=%s error=%s", dev.id, dev.host, err)
     return sources
-
-
-def read_secret(env: str | None, file: Path | None, key: str) -> str:
-    """Read a secret named by an environment variable or a file.
-
-    Raises:
-        ConfigError: the variable is unset or the file unreadable (the value is never shown).
-    """
-    if env is not None:
-        value = os.environ.get(env)
-        if not value:
-            raise ConfigError("config", [f"{key}_env: environment variable {env} is not set"])
-        return value
-    assert file is not None
-    try:
-        return file.read_text(encoding="utf-8-sig").strip()
-    except OSError as err:
-        raise ConfigError("config", [f"{key}_file: cannot read {file} ({err.strerror})"]) from err
 
 
 def default_data_dir() -> Path:
@@ -141,7 +122,7 @@ class Agent:
         self.traps: TrapReceiver | None = None
         if config.traps is not None:
             traps = config.traps
-            community = read_secret(traps.community_env, traps.community_file, "traps.community")
+            community = read_secret(traps.community_env, traps.community_file, "traps.community", "config")
             self.traps = TrapReceiver.from_settings(self._on_trap, traps, community)
         self.incidents = IncidentManager(
             config,

@@ -334,42 +334,48 @@ def load_config(path: Path | str) -> AgentConfig:
     return cfg
 
 
-def resolve_password(creds: Credentials, where: str) -> str:
-    """Read the password a credential points at (environment variable or file).
+def read_secret(env: str | None, file: Path | None, key: str, where: str, *, env_hint: str = "") -> str:
+    """Read a secret from the environment variable ``env`` or the file ``file`` (exactly one given).
 
-    ``where`` names the device for the error's source (e.g. ``devices[0]``); each error line
-    starts with ``credentials.password_env`` or ``credentials.password_file``. The password
-    file is read as UTF-8 (a BOM is ignored) and trailing line breaks are dropped.
+    ``key`` is the config key without its ``_env``/``_file`` suffix (``credentials.password``),
+    used at the start of every error line; ``where`` is the error's source. A file is read as
+    UTF-8 (a BOM is ignored) and trailing line breaks are dropped. The secret is never shown.
 
     Raises:
         ConfigError: the variable is unset or empty, or the file is missing, unreadable or empty.
     """
-    if creds.password_env is not None:
-        name = creds.password_env
-        value = os.environ.get(name)
+    if env is not None:
+        value = os.environ.get(env)
         if value is None:
-            raise ConfigError(
-                where,
-                [
-                    f"credentials.password_env: environment variable {name} is not set"
-                    " (set it in the agent's service environment, or use password_file)"
-                ],
-            )
+            raise ConfigError(where, [f"{key}_env: environment variable {env} is not set{env_hint}"])
         if not value:
-            raise ConfigError(where, [f"credentials.password_env: environment variable {name} is empty"])
+            raise ConfigError(where, [f"{key}_env: environment variable {env} is empty"])
         return value
-    file = creds.password_file
     if file is None:
-        raise ConfigError(where, ["credentials: give password_env or password_file"])
+        section, _, leaf = key.rpartition(".")
+        raise ConfigError(where, [f"{section or leaf}: give {leaf}_env or {leaf}_file"])
     try:
         value = file.read_text(encoding="utf-8-sig").rstrip("\r\n")
     except FileNotFoundError:
-        raise ConfigError(where, [f"credentials.password_file: file not found: {file}"]) from None
+        raise ConfigError(where, [f"{key}_file: file not found: {file}"]) from None
     except IsADirectoryError:
-        raise ConfigError(where, [f"credentials.password_file: {file} is a folder, not a file"]) from None
+        raise ConfigError(where, [f"{key}_file: {file} is a folder, not a file"]) from None
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
-        raise ConfigError(where, [f"credentials.password_file: cannot read {file} ({reason})"]) from None
+        raise ConfigError(where, [f"{key}_file: cannot read {file} ({reason})"]) from None
     if not value:
-        raise ConfigError(where, [f"credentials.password_file: {file} is empty"])
+        raise ConfigError(where, [f"{key}_file: {file} is empty"])
     return value
+
+
+def resolve_password(creds: Credentials, where: str) -> str:
+    """Read the password a credential points at (environment variable or file).
+
+    ``where`` names the device for the error's source (e.g. ``devices[0]``); each error line
+    starts with ``credentials.password_env`` or ``credentials.password_file``.
+
+    Raises:
+        ConfigError: the variable is unset or empty, or the file is missing, unreadable or empty.
+    """
+    hint = " (set it in the agent's service environment, or use password_file)"
+    return read_secret(creds.password_env, creds.password_file, "credentials.password", where, env_hint=hint)

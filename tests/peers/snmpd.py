@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -24,6 +23,8 @@ from pathlib import Path
 from types import TracebackType
 
 import pytest
+
+from simulator.fleet import free_udp_port
 
 SNMPD = "/usr/sbin/snmpd"
 TOOLS = ("/usr/bin/snmpget", "/usr/bin/snmptrap")
@@ -42,13 +43,6 @@ def require_binaries() -> None:
     for tool in TOOLS:
         if not Path(tool).exists():
             pytest.fail(f"{tool} not found: install the Debian package snmp")
-
-
-def free_udp_port(host: str = "127.0.0.1") -> int:
-    """A UDP port on ``host`` (loopback) that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def tool_env(folder: Path) -> dict[str, str]:
