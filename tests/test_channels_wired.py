@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -44,40 +45,53 @@ def peers(device: tuple[Fleet, SimDevice], tmp_path: Path) -> Iterator[tuple[Ssh
         snmpd.stop()
 
 
+def with_site_profile(
+    fleet: Fleet,
+    sim: SimDevice,
+    tmp_path: Path,
+    profile_channels: dict[str, dict[str, Any]],
+    device_channels: dict[str, dict[str, Any]],
+) -> Path:
+    """Write a site profile (the model's built-in one plus ``profile_channels``) and a config
+    whose device ``sim`` uses it and opts in to ``device_channels``; return the config's path."""
+    base = f"yealink-{sim.model.lower()}"
+    profile = yaml.safe_load((BUILTIN_PROFILES / f"{base}.yaml").read_text())
+    profile["name"] = f"site-{sim.model.lower()}"
+    profile["channels"].update(profile_channels)
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / f"{profile['name']}.yaml").write_text(yaml.safe_dump(profile))
+    path = fleet.write_agent_config(tmp_path / "site.yaml", data_dir=tmp_path / "data", timeout_s=1.0)
+    data = yaml.safe_load(path.read_text())
+    data["agent"]["profiles_dir"] = "profiles"
+    entry = next(e for e in data["devices"] if e["id"] == sim.id)
+    entry["profile"] = profile["name"]
+    entry["channels"].update(device_channels)
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    return path
+
+
 def site_config(
     fleet: Fleet, sim: SimDevice, sshd: Sshd, snmpd: Snmpd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Path:
-    """A site profile (a copy of yealink-a30 with ssh and snmp) and a config whose A30 opts in."""
+    """A site profile (yealink-a30 with ssh and snmp) and a config whose A30 opts in to both."""
     monkeypatch.setenv("HEZO_TEST_SSH_KEY", sshd.client_key.read_text())
     monkeypatch.setenv("HEZO_TEST_SNMP_COMMUNITY", snmpd.community)
-    profile = yaml.safe_load((BUILTIN_PROFILES / "yealink-a30.yaml").read_text())
-    profile["name"] = "site-a30"
-    profile["channels"]["ssh"] = {
+    ssh = {
         "username": sshd.user,
         "key_env": "HEZO_TEST_SSH_KEY",
         "commands": [{"name": "os", "command": "uname -s", "status": "assumed"}],
         "timeout_s": 2.0,
         "status": "assumed",
     }
-    profile["channels"]["snmp"] = {
-        "community_env": "HEZO_TEST_SNMP_COMMUNITY",
-        "timeout_s": 0.5,
-        "retries": 0,
-        "status": "assumed",
-    }
-    profiles = tmp_path / "profiles"
-    profiles.mkdir()
-    (profiles / "site-a30.yaml").write_text(yaml.safe_dump(profile))
-    path = fleet.write_agent_config(tmp_path / "site.yaml", data_dir=tmp_path / "data", timeout_s=1.0)
-    data = yaml.safe_load(path.read_text())
-    data["agent"]["profiles_dir"] = "profiles"
-    for entry in data["devices"]:
-        if entry["id"] == sim.id:
-            entry["profile"] = "site-a30"
-            entry["channels"]["ssh"] = {"port": sshd.port}
-            entry["channels"]["snmp"] = {"port": snmpd.port}
-    path.write_text(yaml.safe_dump(data, allow_unicode=True))
-    return path
+    snmp = {"community_env": "HEZO_TEST_SNMP_COMMUNITY", "timeout_s": 0.5, "retries": 0, "status": "assumed"}
+    return with_site_profile(
+        fleet,
+        sim,
+        tmp_path,
+        {"ssh": ssh, "snmp": snmp},
+        {"ssh": {"port": sshd.port}, "snmp": {"port": snmpd.port}},
+    )
 
 
 def test_ssh_and_snmp_answer_as_channels_and_a_silent_one_is_named(
@@ -145,18 +159,8 @@ def test_mvc_reads_its_teams_rooms_event_log_as_a_channel(
     fleet = fleet_factory(devices=3, seed=32)
     mvc = next(d for d in fleet.devices if d.model == "MVC")
     fixture = Path(__file__).parent / "fixtures" / "mtr" / "hardware_unhealthy.xml"
-    profile = yaml.safe_load((BUILTIN_PROFILES / "yealink-mvc.yaml").read_text())
-    profile["name"] = "site-mvc"
-    profile["channels"]["mtr"] = {"xml_file": str(fixture), "status": "documented"}
-    (tmp_path / "profiles").mkdir()
-    (tmp_path / "profiles" / "site-mvc.yaml").write_text(yaml.safe_dump(profile))
-    path = fleet.write_agent_config(tmp_path / "site.yaml", data_dir=tmp_path / "data", timeout_s=1.0)
-    data = yaml.safe_load(path.read_text())
-    data["agent"]["profiles_dir"] = "profiles"
-    entry = next(e for e in data["devices"] if e["id"] == mvc.id)
-    entry["profile"] = "site-mvc"
-    entry["channels"]["mtr"] = {}
-    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    mtr_settings = {"xml_file": str(fixture), "status": "documented"}
+    path = with_site_profile(fleet, mvc, tmp_path, {"mtr": mtr_settings}, {"mtr": {}})
     agent = Agent(load_config(path), clock=FakeClock())
     try:
         agent.poll_once(mvc.id)
