@@ -147,7 +147,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                 (
                     row.device_id,
                     str(c["channel"]),
-                    Text(str(c["result"]), style="green" if c["ok"] else "red"),
+                    Text(str(c["result"]), style=_channel_style(c)),
                     f"{c['latency_ms']:.0f} ms",
                     str(c["detail"]) or "-",
                 )
@@ -160,6 +160,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"hezo-agent: {len(failed)} of {len(rows)} devices did not pass the check", file=sys.stderr)
         return EXIT_FAIL
     return EXIT_OK
+
+
+def _channel_style(channel: dict[str, object]) -> str:
+    """Green for ok, yellow for a neutral result (e.g. the YMCS cloud unreachable), red for failing."""
+    return "green" if channel["ok"] else "yellow" if channel.get("neutral") else "red"
 
 
 def cmd_status(args: argparse.Namespace) -> int:

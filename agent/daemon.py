@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,24 +21,31 @@ from pathlib import Path
 import platformdirs
 
 from agent.clock import Clock, SystemClock
-from agent.incidents import IncidentManager
+from agent.flapping import PROBLEM_FLAPPING, FlapStarted, FlapState, FlapStopped, flap_step
+from agent.incidents import IncidentManager, IncidentRules, Problem
 from agent.models import PollOutcome
 from agent.poller import Poller
+from agent.quiet import QuietJudge
 from agent.scheduler import PollScheduler
+from agent.site_network import RouteUplink
+from agent.site_watch import SiteWatch
+from agent.sla import SlaTicketLines
 from agent.state import DeviceState, Event, Policy, Recovered, WentDown, next_delay_s, step
 from agent.store import Store
 from collectors.base import Collector
 from collectors.blackbox import BlackBoxes
 from collectors.errors import CollectorError
 from collectors.known_hosts import KnownHosts
+from collectors.models import DeviceFacts
 from collectors.pins import PinStore
 from collectors.registry import build_collector
 from collectors.syslog import SyslogReceiver
 from collectors.traps import TrapReceiver
+from collectors.ymcs_channel import YmcsAccount
 from config.loader import ConfigError, load_profile, profile_name, read_secret, resolve_password
-from config.schema import AgentConfig, Profile
-from uploader.dispatcher import Dispatcher
-from uploader.models import Attachment
+from config.schema import AgentConfig, Device, Profile
+from uploader.models import Attachment, Priority
+from uploader.outbox import Outbox
 from uploader.registry import build_backend
 
 log = logging.getLogger("hezo.agent")
@@ -72,6 +80,21 @@ def device_sources(config: AgentConfig) -> dict[str, str]:
     return sources
 
 
+def incident_rules(config: AgentConfig) -> IncidentRules:
+    """The incident manager's rules from the configuration."""
+    return IncidentRules(
+        return_days=config.sla.returns.days,
+        return_reminder=timedelta(days=config.sla.returns.reminder_days),
+        site_network_action=lambda site: config.site(site).site_network.action,
+    )
+
+
+def site_grace(config: AgentConfig) -> timedelta:
+    """How long device tickets wait while a failing canary leaves network vs device undecided."""
+    agent = config.agent
+    return timedelta(seconds=agent.poll_interval_s * 2 + agent.retry_interval_s * agent.down_after)
+
+
 def default_data_dir() -> Path:
     """Return the platform's data folder for the agent (e.g. ~/.local/share/hezo-agent)."""
     return Path(platformdirs.user_data_dir("hezo-agent", appauthor=False))
@@ -87,7 +110,18 @@ class Agent:
         data_dir: Path | None = None,
         clock: Clock | None = None,
         on_event: Callable[[AgentEvent], None] | None = None,
+        sleep: Callable[[float], None] | None = None,
+        collector_factory: Callable[[Device], Collector] | None = None,
     ) -> None:
+        """Build every part; ``sleep`` is how cloud backoff waits (default :func:`time.sleep`;
+        tests pass one that advances their fake clock).
+
+        Raises:
+            ConfigError: a password or channel secret (SSH, SNMP, traps, YMCS) cannot be read.
+
+        ``collector_factory`` replaces the profile-driven collectors (scripted devices in tests and
+        benchmarks).
+        """
         self.config = config
         self.clock: Clock = clock or SystemClock()
         self.data_dir = Path(data_dir or config.agent.data_dir or default_data_dir())
@@ -105,7 +139,9 @@ class Agent:
         self.pins = PinStore(self.data_dir / "pins.json")
         self.known_hosts = KnownHosts(self.data_dir / "known_hosts")
         self.backend = build_backend(config.ticketing, self.data_dir)
-        self.dispatcher = Dispatcher(self.backend, self.data_dir / "dispatch.sqlite", clock=self.clock)
+        self.dispatcher = Outbox.from_settings(
+            self.backend, self.data_dir, config.ticketing.outbox, clock=self.clock
+        )
         # who is who by source address, for syslog and traps (host names resolved once, only if needed)
         self._sources = device_sources(config) if (config.syslog or config.traps) else {}
         self.blackboxes: BlackBoxes | None = None
@@ -124,6 +160,12 @@ class Agent:
             traps = config.traps
             community = read_secret(traps.community_env, traps.community_file, "traps.community", "config")
             self.traps = TrapReceiver.from_settings(self._on_trap, traps, community)
+        # one YMCS account (one client, one device listing per poll round) for every device opting in
+        self.ymcs: YmcsAccount | None = None
+        if config.ymcs is not None:
+            self.ymcs = YmcsAccount.from_settings(
+                config.ymcs, facts=self.known_facts, clock=self.clock, sleep=sleep or time.sleep
+            )
         self.incidents = IncidentManager(
             config,
             self.store,
@@ -131,12 +173,24 @@ class Agent:
             self.clock,
             attachment_for=self.last_log_attachment,
             evidence_for=self.blackbox_attachments,
+            rules=incident_rules(config),
+            sla_lines=SlaTicketLines(config.sla),
+            local_alert=self._local_alert,
+        )
+        self.quiet = QuietJudge(config)
+        self.flaps: dict[str, FlapState] = {dev.id: FlapState.initial() for dev in config.devices}
+        self.sites = SiteWatch(
+            config,
+            self.incidents,
+            uplink=RouteUplink.for_config(config),
+            grace=site_grace(config),
         )
         self.poller = Poller(self.collector, self.clock)
         self.states: dict[str, DeviceState] = {
             dev.id: self.store.load_state(dev.id) or DeviceState.initial() for dev in config.devices
         }
         self._collectors: dict[str, Collector] = {}
+        self._collector_factory = collector_factory
         self._collectors_lock = threading.Lock()
         self.last_outcomes: dict[str, PollOutcome] = {}
         self._scheduler: PollScheduler | None = None
@@ -170,6 +224,8 @@ class Agent:
         """Return (building once) the collector of ``device_id``."""
         with self._collectors_lock:
             found = self._collectors.get(device_id)
+            if found is None and self._collector_factory is not None:
+                found = self._collector_factory(self.config.device(device_id))
             if found is None:
                 found = build_collector(
                     self.config.device(device_id),
@@ -180,9 +236,15 @@ class Agent:
                     max_response_bytes=self.config.agent.max_response_bytes,
                     max_log_bytes=self.config.agent.max_log_bytes,
                     known_hosts=self.known_hosts,
+                    ymcs=self.ymcs,
                 )
                 self._collectors[device_id] = found
             return found
+
+    def known_facts(self, device_id: str) -> DeviceFacts | None:
+        """The identity ``device_id`` last reported (kept across restarts), None if it never answered."""
+        found = self.store.facts(device_id)
+        return found[0] if found is not None else None
 
     # --- the per-poll pipeline --------------------------------------------------------------
 
@@ -192,7 +254,7 @@ class Agent:
         self.last_outcomes[device_id] = outcome
         self.store.record_outcome(outcome)
         if outcome.ok and outcome.sample is not None and outcome.sample.facts.serial != "unknown":
-            self.store.save_facts(device_id, outcome.sample.facts, outcome.at)
+            self._note_identity(device_id, outcome.sample.facts, outcome.at)
         liveness = dataclasses.replace(outcome, ok=outcome.reachable)
         previous = self.states[device_id]
         state, events = step(previous, liveness, self.policy)
@@ -209,16 +271,74 @@ class Agent:
             self._emit(
                 outcome.at, device_id, "state", f"{previous.health} → {state.health} ({outcome.reason})"
             )
+        flap, flap_event = flap_step(self.flaps[device_id], liveness.ok, self.config.flapping)
+        self.flaps[device_id] = flap
+        if any(isinstance(e, WentDown) for e in events):
+            self.sites.judge(self.reachability(), outcome.at)  # network or device? ask the canaries now
+        hold = self._hold_reason(device_id, outcome.at, flap)
         if events:
-            self.incidents.handle(device_id, events)
-            self._announce(device_id, events)
+            self.incidents.handle(device_id, events, hold=hold)
+            self._announce(device_id, events, hold)
+        if not liveness.ok:  # a ticket held back opens on a fresh failure once nothing holds it
+            self.incidents.review(device_id, state, hold=hold)
+        self._on_flap(device_id, flap_event, outcome.at)
         if outcome.ok:
             self._refresh_log_if_due(device_id, outcome)
         return next_delay_s(state, self.policy)
 
-    def _announce(self, device_id: str, events: list[Event]) -> None:
+    def _note_identity(self, device_id: str, facts: DeviceFacts, at: datetime) -> None:
+        """Keep the device's identity; a new serial in its place is a replacement (or a swap)."""
+        known = self.store.facts(device_id)
+        if known is not None and known[0].serial not in ("unknown", facts.serial):
+            log.info("event=serial_changed device=%s old=%s new=%s", device_id, known[0].serial, facts.serial)
+            self.incidents.note_replacement(device_id, known[0].serial, facts.serial, at)
+        self.store.save_facts(device_id, facts, at)
+
+    def reachability(self) -> dict[str, bool | None]:
+        """Each device's latest liveness for the site judge (None: not polled yet, or quiet now)."""
+        now = self.clock.now()
+        seen: dict[str, bool | None] = {}
+        for dev in self.config.devices:
+            outcome = self.last_outcomes.get(dev.id)
+            quiet = self.quiet.quiet_reason(dev.id, now) is not None
+            seen[dev.id] = None if outcome is None or quiet else outcome.reachable
+        return seen
+
+    def _hold_reason(self, device_id: str, at: datetime, flap: FlapState) -> str | None:
+        """Why an offline ticket of ``device_id`` must not open now (quiet, flapping, site network)."""
+        device = self.config.device(device_id)
+        return (
+            self.quiet.quiet_reason(device_id, at)
+            or ("flapping: one medium ticket stands for it" if flap.flapping else None)
+            or self.sites.hold_reason(device.site, at)
+        )
+
+    def _on_flap(self, device_id: str, event: FlapStarted | FlapStopped | None, at: datetime) -> None:
+        if isinstance(event, FlapStarted):
+            summary = f"{event.percent:.0f}% state change in recent polls (threshold {event.threshold:.0f}%)"
+            problem = Problem(PROBLEM_FLAPPING, Priority.MEDIUM, summary=summary)
+            self.incidents.raise_problem(device_id, problem, at)
+            self._emit(at, device_id, "ticket_opened", f"flapping: {summary}")
+        elif isinstance(event, FlapStopped):
+            self.incidents.clear_problem(device_id, PROBLEM_FLAPPING, at)
+            self._emit(at, device_id, "ticket_resolved", f"stable again ({event.percent:.0f}% state change)")
+
+    def _tick(self) -> None:
+        self.incidents.tick(self.clock.now())
+
+    def _local_alert(self, subject: str, text: str) -> None:
+        log.warning("event=local_alert subject=%s text=%s", subject, text)
+        self._emit(self.clock.now(), subject, "alert", text)
+
+    def judge_sites(self) -> None:
+        """Probe canaries and judge every site (a periodic job; also run when a device goes down)."""
+        self.sites.judge(self.reachability(), self.clock.now())
+
+    def _announce(self, device_id: str, events: list[Event], hold: str | None = None) -> None:
         for event in events:
-            if isinstance(event, WentDown):
+            if isinstance(event, WentDown) and hold:
+                self._emit(event.at, device_id, "held", f"down, ticket held: {hold}")
+            elif isinstance(event, WentDown):
                 self._emit(event.at, device_id, "ticket_opened", f"down after {event.failures} failed polls")
             elif isinstance(event, Recovered):
                 self._emit(
@@ -302,6 +422,11 @@ class Agent:
             max_workers=min(32, max(4, len(self.config.devices))),
         )
         self._scheduler.add_periodic(self.dispatcher.flush, every_s=5.0, job_id="dispatch")
+        self._scheduler.add_periodic(self._tick, every_s=60.0, job_id="sla")
+        if any(site.canaries for site in self.config.sites):
+            self._scheduler.add_periodic(
+                self.judge_sites, every_s=self.config.agent.poll_interval_s, job_id="sites"
+            )
         self._scheduler.start()
         if self.syslog is not None:
             self.syslog.start()
@@ -323,6 +448,8 @@ class Agent:
         self.dispatcher.flush()
         for collector in self._collectors.values():
             collector.close()
+        if self.ymcs is not None:
+            self.ymcs.close()
         self.dispatcher.close()
         self.backend.close()
         self.store.close()

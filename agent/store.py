@@ -22,7 +22,7 @@ from agent.models import PollOutcome
 from agent.state import DeviceState, Health
 from collectors.models import CheckResult, DeviceFacts
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_KEEP_OUTCOMES = 500
 
 _SCHEMA = """
@@ -79,6 +79,19 @@ CREATE TABLE IF NOT EXISTS incidents (
 CREATE UNIQUE INDEX IF NOT EXISTS incidents_one_open ON incidents(key) WHERE status = 'open';
 """
 
+#: schema changes by the version that introduced them (applied in order to older files)
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (
+        "ALTER TABLE incidents ADD COLUMN serial TEXT",
+        "ALTER TABLE incidents ADD COLUMN reopen_count INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE incidents ADD COLUMN last_comm_at TEXT",
+        "ALTER TABLE incidents ADD COLUMN replaced_by TEXT",
+        "ALTER TABLE incidents ADD COLUMN return_due TEXT",
+        "ALTER TABLE incidents ADD COLUMN return_reminded INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX IF NOT EXISTS incidents_key ON incidents(key, id)",
+    ),
+}
+
 
 class IncidentAlreadyOpen(ValueError):
     """An incident with this key is already open (at most one open incident per key)."""
@@ -122,6 +135,12 @@ class Incident:
     opened_at: datetime
     resolved_at: datetime | None
     ticket_key: str
+    serial: str | None = None
+    reopen_count: int = 0
+    last_comm_at: datetime | None = None
+    replaced_by: str | None = None
+    return_due: datetime | None = None
+    return_reminded: bool = False
 
 
 def to_iso(value: datetime) -> str:
@@ -187,6 +206,10 @@ class Store:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)
+            for target in sorted(_MIGRATIONS):
+                if version < target:
+                    for statement in _MIGRATIONS[target]:
+                        self._db.execute(statement)
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
@@ -342,6 +365,7 @@ class Store:
         priority: str,
         opened_at: datetime,
         ticket_key: str | None = None,
+        serial: str | None = None,
     ) -> int:
         """Open an incident and return its id; ``ticket_key`` None means ``f"{key}#{id}"``.
 
@@ -352,8 +376,9 @@ class Store:
             with self._tx() as db:
                 cursor = db.execute(
                     "INSERT INTO incidents (key, device_id, site, problem, priority, status, opened_at,"
-                    " ticket_key) VALUES (?, ?, ?, ?, ?, 'open', ?, ?)",
-                    (key, device_id, site, problem, str(priority), to_iso(opened_at), ticket_key),
+                    " ticket_key, serial, last_comm_at) VALUES (?, ?, ?, ?, ?, 'open', ?, ?, ?, ?)",
+                    (key, device_id, site, problem, str(priority), to_iso(opened_at), ticket_key, serial,
+                     to_iso(opened_at)),
                 )
                 incident_id = cursor.lastrowid
                 assert incident_id is not None
@@ -384,6 +409,41 @@ class Store:
                 (to_iso(resolved_at), incident_id),
             )
 
+    def last_incident_for(self, key: str) -> Incident | None:
+        """Return the newest incident with ``key`` (open or resolved), or None."""
+        rows = self._query("SELECT * FROM incidents WHERE key = ? ORDER BY id DESC LIMIT 1", (key,))
+        return _incident(rows[0]) if rows else None
+
+    def reopen_incident(self, incident_id: int, at: datetime) -> None:
+        """Open a resolved incident again (its ticket is reopened, not replaced).
+
+        Raises:
+            IncidentAlreadyOpen: another incident with the same key is open.
+        """
+        try:
+            with self._tx() as db:
+                db.execute(
+                    "UPDATE incidents SET status = 'open', resolved_at = NULL,"
+                    " reopen_count = reopen_count + 1, last_comm_at = ?"
+                    " WHERE id = ? AND status = 'resolved'",
+                    (to_iso(at), incident_id),
+                )
+        except sqlite3.IntegrityError as err:
+            raise IncidentAlreadyOpen(f"incident {incident_id} has an open twin") from err
+
+    def update_incident(self, incident_id: int, **values: Any) -> None:
+        """Set some of the incident's mutable columns (priority, clocks, replacement)."""
+        allowed = {"priority", "last_comm_at", "replaced_by", "return_due", "return_reminded"}
+        unknown = set(values) - allowed
+        if unknown:
+            raise ValueError(f"cannot update {sorted(unknown)}")
+        if not values:
+            return
+        columns = ", ".join(f"{name} = ?" for name in values)
+        args = [to_iso(v) if isinstance(v, datetime) else v for v in values.values()]
+        with self._tx() as db:
+            db.execute(f"UPDATE incidents SET {columns} WHERE id = ?", (*args, incident_id))
+
     def incidents(self, open_only: bool = False) -> list[Incident]:
         """Return incidents, oldest first; only the open ones when ``open_only``."""
         where = " WHERE status = 'open'" if open_only else ""
@@ -402,4 +462,10 @@ def _incident(row: sqlite3.Row) -> Incident:
         opened_at=_at(row["opened_at"]),
         resolved_at=from_iso(row["resolved_at"]),
         ticket_key=row["ticket_key"] or f"{row['key']}#{row['id']}",
+        serial=row["serial"],
+        reopen_count=row["reopen_count"],
+        last_comm_at=from_iso(row["last_comm_at"]),
+        replaced_by=row["replaced_by"],
+        return_due=from_iso(row["return_due"]),
+        return_reminded=bool(row["return_reminded"]),
     )

@@ -7,16 +7,26 @@ password that leaked into a collector's error detail is masked before it leaves 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
-from typing import Any, Protocol
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
-from agent.ticket_words import LABELS, PRIORITY_DEFINITIONS, PRIORITY_NAMES, REASONS
+from agent.ticket_words import (
+    LABELS,
+    PRIORITY_DEFINITIONS,
+    PRIORITY_NAMES,
+    REASONS,
+    SLA_WORDS,
+    WEEKDAY_NAMES,
+)
 from collectors.models import CheckResult, DeviceFacts
 from config.schema import Contract, Device, Site
 from uploader.models import Priority, Ticket
+
+if TYPE_CHECKING:
+    from agent.sla import SlaClocks
 
 LANGUAGES = ("pl", "en")
 PROBLEM_OFFLINE = "offline"
@@ -75,6 +85,15 @@ class DownContext:
     timeline: Sequence[Observation] = ()
     checks: Sequence[CheckResult] = ()
     attachment_name: str | None = None
+    #: what the ticket is about (``offline``, ``flapping``, ``peripheral``, ...) and its priority
+    problem: str = PROBLEM_OFFLINE
+    priority: Priority = Priority.CRITICAL
+    #: for problems other than offline: the title's words and the finding in one line, and its details
+    headline: str | None = None
+    summary: str | None = None
+    details: Mapping[str, str] = field(default_factory=dict)
+    #: ready-made lines (SLA clocks) shown before the attachments
+    sla_lines: Sequence[str] = ()
 
 
 def incident_key(site: str, device_id: str, problem: str) -> str:
@@ -178,7 +197,8 @@ def _short(text: str) -> str:
 
 
 def render_down_ticket(ctx: DownContext, language: str) -> Ticket:
-    """Render the critical "device offline" ticket for ``ctx`` in ``language`` (``pl`` or ``en``).
+    """Render the ticket for ``ctx`` in ``language`` (``pl`` or ``en``): "device offline" by default,
+    or any other problem when ``ctx.problem``/``ctx.headline``/``ctx.summary`` say so.
 
     Raises:
         ValueError: unknown language.
@@ -188,14 +208,16 @@ def render_down_ticket(ctx: DownContext, language: str) -> Ticket:
     tz = site.timezone
     unknown = t["unknown"]
     today = ctx.now.astimezone(ZoneInfo(tz)).date()
-    priority = Priority.CRITICAL
+    priority = ctx.priority
+    offline = ctx.problem == PROBLEM_OFFLINE
     prio_name = PRIORITY_NAMES[language][priority]
     situation, window = PRIORITY_DEFINITIONS[language][priority]
     model = facts.model if facts else dev.model
     serial = facts.serial if facts else None
     valid = contract_valid(ctx.contract, today)
 
-    title = f'[{prio_name}] {model} "{dev.room}" {t["offline"]} — SN {serial or unknown}'
+    headline = t["offline"] if offline or not ctx.headline else ctx.headline
+    title = f'[{prio_name}] {model} "{dev.room}" {headline} — SN {serial or unknown}'
     lines = [
         f"{t['priority']}: {prio_name}" + ("" if prio_name == priority.value else f" ({priority.value})"),
         f"  {situation}",
@@ -217,14 +239,24 @@ def render_down_ticket(ctx: DownContext, language: str) -> Ticket:
         f"  {t['contact']}: {site.contact.name}, {site.contact.phone}, {site.contact.email}",
         "",
         f"{t['observed']}:",
-        f"  {t['last_seen']}: {format_when(ctx.last_seen, tz) if ctx.last_seen else t['never']}",
-        f"  {t['first_failure']}: {format_when(ctx.first_failure_at, tz)}",
-        f"  {t['went_down']}: {format_when(ctx.went_down_at, tz)}, "
-        + t["after_polls"].format(n=ctx.failures),
-        f"  {t['reason']}: {_reason(ctx.reason, language)}",
-        "",
-        f"{t['timeline']}:",
     ]
+    if offline:
+        lines += [
+            f"  {t['last_seen']}: {format_when(ctx.last_seen, tz) if ctx.last_seen else t['never']}",
+            f"  {t['first_failure']}: {format_when(ctx.first_failure_at, tz)}",
+            f"  {t['went_down']}: {format_when(ctx.went_down_at, tz)}, "
+            + t["after_polls"].format(n=ctx.failures),
+            f"  {t['reason']}: {_reason(ctx.reason, language)}",
+        ]
+    else:
+        lines += [
+            f"  {t['problem']}: {ctx.problem}" + (f" — {ctx.summary}" if ctx.summary else ""),
+            f"  {t['first_seen']}: {format_when(ctx.first_failure_at, tz)}",
+            f"  {t['raised']}: {format_when(ctx.went_down_at, tz)}",
+            *(f"  {name}: {_short(value)}" for name, value in sorted(ctx.details.items())),
+            f"  {t['last_seen']}: {format_when(ctx.last_seen, tz) if ctx.last_seen else t['never']}",
+        ]
+    lines += ["", f"{t['timeline']}:"]
     timeline_rows = [
         (
             format_utc(o.at),
@@ -255,6 +287,8 @@ def render_down_ticket(ctx: DownContext, language: str) -> Ticket:
     failed = [c for c in ctx.checks if not c.ok]
     lines += ["", f"{t['failed']}:"]
     lines += [f"  - {c.check}: {_short(c.detail) or t['fail']}" for c in failed] or [f"  {t['none_failed']}"]
+    if ctx.sla_lines:
+        lines += ["", *ctx.sla_lines]
     lines += ["", f"{t['attachments']}:"]
     attached = t["log_attached"].format(name=ctx.attachment_name) if ctx.attachment_name else t["no_log"]
     lines += [f"  {attached}", "", t["verify"], t["footer"].format(now=format_when(ctx.now, tz))]
@@ -275,7 +309,7 @@ def render_down_ticket(ctx: DownContext, language: str) -> Ticket:
         "contact_name": site.contact.name,
         "contact_phone": site.contact.phone,
         "contact_email": site.contact.email,
-        "problem": PROBLEM_OFFLINE,
+        "problem": ctx.problem,
         "priority": priority.value,
         "last_seen": ctx.last_seen.astimezone(UTC).isoformat() if ctx.last_seen else None,
         "first_failure_at": ctx.first_failure_at.astimezone(UTC).isoformat(),
@@ -287,7 +321,7 @@ def render_down_ticket(ctx: DownContext, language: str) -> Ticket:
     }
     secrets = device_secrets(dev)
     return Ticket(
-        key=incident_key(site.name, dev.id, PROBLEM_OFFLINE),
+        key=incident_key(site.name, dev.id, ctx.problem),
         title=scrub(title, secrets),
         body=scrub("\n".join(lines) + "\n", secrets),
         priority=priority,
@@ -328,3 +362,123 @@ def render_resolve_comment(device: Device, downtime_s: float, at: datetime, site
         downtime=format_duration(downtime_s, language),
     )
     return scrub(text, device_secrets(device))
+
+
+@dataclass(frozen=True, slots=True)
+class SiteContext:
+    """Everything known when every device and canary of a site failed together."""
+
+    site: Site
+    at: datetime
+    devices: Sequence[Device]
+    canaries: Sequence[str]
+    priority: Priority
+    facts: Mapping[str, DeviceFacts]
+    now: datetime
+    sla_lines: Sequence[str] = ()
+
+
+def render_site_ticket(ctx: SiteContext, language: str) -> Ticket:
+    """Render the one "site network down" ticket that stands for every device of the site.
+
+    Raises:
+        ValueError: unknown language.
+    """
+    t = _lang(language)
+    site, tz = ctx.site, ctx.site.timezone
+    prio_name = PRIORITY_NAMES[language][ctx.priority]
+    situation, window = PRIORITY_DEFINITIONS[language][ctx.priority]
+    unknown = t["unknown"]
+    title = f'[{prio_name}] {t["site"]} "{site.name}" {t["site_network_down"]} — ' + t["n_devices"].format(
+        n=len(ctx.devices)
+    )
+    rows = [
+        (d.id, d.room, d.model, ctx.facts[d.id].serial if d.id in ctx.facts else unknown, d.host)
+        for d in ctx.devices
+    ]
+    lines = [
+        f"{t['priority']}: {prio_name}"
+        + ("" if prio_name == ctx.priority.value else f" ({ctx.priority.value})"),
+        f"  {situation}",
+        f"  {window}",
+        "",
+        f"{t['site']}: {site.name}",
+        f"  {t['address']}: {site.address}",
+        f"  {t['contact']}: {site.contact.name}, {site.contact.phone}, {site.contact.email}",
+        "",
+        f"{t['observed']}:",
+        "  " + t["site_network_observed"].format(when=format_when(ctx.at, tz), n=len(ctx.devices)),
+        f"  {t['canaries']}: {', '.join(ctx.canaries) or '—'}",
+        "",
+        f"{t['device']}:",
+        *_table((t["id"], t["room"], t["model"], t["serial"], t["host"]), rows),
+    ]
+    if ctx.sla_lines:
+        lines += ["", *ctx.sla_lines]
+    lines += ["", t["site_network_hint"], t["footer"].format(now=format_when(ctx.now, tz))]
+    fields: dict[str, Any] = {
+        "site": site.name,
+        "address": site.address,
+        "contact_name": site.contact.name,
+        "contact_phone": site.contact.phone,
+        "contact_email": site.contact.email,
+        "problem": "site_network",
+        "priority": ctx.priority.value,
+        "devices": [d.id for d in ctx.devices],
+        "serials": [ctx.facts[d.id].serial for d in ctx.devices if d.id in ctx.facts],
+        "canaries": list(ctx.canaries),
+        "went_down_at": ctx.at.astimezone(UTC).isoformat(),
+        "timezone": tz,
+        "language": language,
+    }
+    return Ticket(
+        key=incident_key(site.name, "_site", "site_network"),
+        title=title,
+        body="\n".join(lines) + "\n",
+        priority=ctx.priority,
+        fields=fields,
+    )
+
+
+def _every(span: timedelta) -> str:
+    """Return a cadence as ``1 h``, ``1 h 30 min`` or ``45 min``."""
+    hours, minutes = divmod(round(span.total_seconds() / 60), 60)
+    if hours and minutes:
+        return f"{hours} h {minutes} min"
+    return f"{hours} h" if hours else f"{minutes} min"
+
+
+def render_sla_block(clocks: SlaClocks, site_tz: str, language: str) -> list[str]:
+    """Render a ticket's SLA clocks (from :class:`agent.sla.SlaClocks`) as lines of text.
+
+    Every instant is shown in UTC and in the site's time zone, like the rest of the ticket;
+    the delivery day is a site-local date with its weekday.
+
+    Raises:
+        ValueError: unknown language.
+    """
+    _lang(language)
+    t = SLA_WORDS[language]
+    lines = [
+        t["title"].format(window=t[f"window_{clocks.window}"]) + ":",
+        f"  {t['reaction']}: {format_when(clocks.reaction_due, site_tz)}",
+        f"  {t['communication']}: {format_when(clocks.next_communication_due, site_tz)}, "
+        + t["every"].format(every=_every(clocks.communication_every)),
+    ]
+    if clocks.delivery_date is not None:
+        day = clocks.delivery_date
+        confirmed = format_when(clocks.confirmed_at, site_tz) if clocks.confirmed_at else "—"
+        when = t["delivery_date"].format(
+            day=day.isoformat(), weekday=WEEKDAY_NAMES[language][day.weekday()], when=confirmed
+        )
+        lines.append(f"  {t['delivery']}: {when}")
+    elif clocks.nbd_delivery:
+        lines.append(f"  {t['delivery']}: {t['delivery_pending']}")
+    if clocks.return_due is not None:
+        swapped = ""
+        if clocks.swapped_at is not None:
+            swapped = ", " + t["swapped"].format(when=format_when(clocks.swapped_at, site_tz))
+        lines.append(f"  {t['return']}: {format_when(clocks.return_due, site_tz)}{swapped}")
+    if clocks.return_reminder_at is not None:
+        lines.append(f"  {t['reminder']}: {format_when(clocks.return_reminder_at, site_tz)}")
+    return lines

@@ -3,6 +3,8 @@ error reasons and the labels of every line. Kept apart from the rendering logic.
 
 from __future__ import annotations
 
+from typing import Any
+
 from uploader.models import Priority
 
 PRIORITY_NAMES = {
@@ -80,6 +82,16 @@ REASONS = {
 LABELS = {
     "en": {
         "offline": "offline",
+        "site_network_down": "network outage",
+        "n_devices": "{n} devices unreachable",
+        "site_network_observed": "at {when} all {n} devices and every canary of the site stopped answering"
+        " together: the site's network is down, not each device.",
+        "site_network_hint": "One ticket stands for the whole site; no device tickets are opened while the"
+        " site's network is down.",
+        "canaries": "Canaries (gateway, switch, DNS)",
+        "problem": "Problem",
+        "first_seen": "First seen",
+        "raised": "Ticket raised",
         "unknown": "unknown",
         "never": "never (the device has not answered yet)",
         "priority": "Priority",
@@ -135,6 +147,16 @@ LABELS = {
     },
     "pl": {
         "offline": "niedostępne",
+        "site_network_down": "awaria sieci",
+        "n_devices": "{n} urządzeń niedostępnych",
+        "site_network_observed": "{when}: wszystkie urządzenia ({n}) i wszystkie punkty kontrolne sieci"
+        " przestały odpowiadać jednocześnie: nie działa sieć lokalizacji, a nie każde urządzenie osobno.",
+        "site_network_hint": "Jedno zgłoszenie dotyczy całej lokalizacji; nie są otwierane zgłoszenia"
+        " urządzeń, dopóki sieć lokalizacji nie działa.",
+        "canaries": "Punkty kontrolne (brama, przełącznik, DNS)",
+        "problem": "Problem",
+        "first_seen": "Pierwsza obserwacja",
+        "raised": "Zgłoszenie otwarte",
         "unknown": "nieznany",
         "never": "nigdy (urządzenie jeszcze nie odpowiedziało)",
         "priority": "Priorytet",
@@ -189,4 +211,106 @@ LABELS = {
         "resolved": "Rozwiązane automatycznie przez hezo-agent: {when}. Urządzenie {device} znowu działa"
         " (niedostępne przez {downtime}). Jeśli problem wróci, zostanie otwarte nowe zgłoszenie.",
     },
+}
+
+
+#: Comments and headlines of the incident life cycle beyond "offline".
+INCIDENT_WORDS: dict[str, dict[str, Any]] = {
+    "en": {
+        "headline": {
+            "flapping": "unstable (flapping)",
+            "peripheral": "peripheral disconnected",
+            "app_restarts": "application restarting repeatedly",
+            "log_errors": "error spike in its log",
+            "slow": "responding slowly",
+            "identity_changed": "identity changed",
+            "channel_down": "one channel down",
+            "mtr_heartbeat": "Teams Rooms heartbeat error",
+            "boot_loop": "boot loop",
+            "firmware": "firmware out of date",
+            "firmware_update_stuck": "firmware update not finishing",
+            "config_drift": "configuration drift",
+            "contract": "contract ending",
+            "clock_skew": "clock skew",
+            "cert_expiry": "certificate expiring",
+        },
+        "problem_cleared": "The problem {problem} is no longer observed since {when} (open for {duration}).",
+        "priority_changed": "Priority changed from {old} to {new}: {why}.",
+        "reopened": "The problem {problem} is back at {when} ({why}); it had been resolved at {since}."
+        " Reopening this ticket.",
+        "replaced": "Replacement detected at {when}: serial {old} was replaced by {new} in this place."
+        " The failed unit {old} must be sent back within {days} days, by {due}.",
+        "return_reminder": "Reminder: the failed unit {old} must be sent back by {due} (HEZO+: 7 days,"
+        " prepaid waybill in this ticket).",
+        "site_recovered": "The network of site {site} answers again since {when} (outage {duration}).",
+    },
+    "pl": {
+        "headline": {
+            "flapping": "działa niestabilnie (flapping)",
+            "peripheral": "odłączone urządzenie peryferyjne",
+            "app_restarts": "powtarzające się restarty aplikacji",
+            "log_errors": "skok liczby błędów w logu",
+            "slow": "wolne odpowiedzi",
+            "identity_changed": "zmiana tożsamości",
+            "channel_down": "jeden kanał nie działa",
+            "mtr_heartbeat": "błąd heartbeat Teams Rooms",
+            "boot_loop": "pętla restartów",
+            "firmware": "nieaktualny firmware",
+            "firmware_update_stuck": "aktualizacja firmware nie kończy się",
+            "config_drift": "zmiana konfiguracji",
+            "contract": "kończąca się umowa",
+            "clock_skew": "rozbieżność zegara",
+            "cert_expiry": "wygasający certyfikat",
+        },
+        "problem_cleared": "Problem {problem} nie występuje od {when} (otwarty przez {duration}).",
+        "priority_changed": "Zmiana priorytetu z {old} na {new}: {why}.",
+        "reopened": "Problem {problem} wrócił: {when} ({why}); został rozwiązany {since}."
+        " Ponowne otwarcie zgłoszenia.",
+        "replaced": "Wykryto wymianę urządzenia: {when}: numer seryjny {old} zastąpiony przez {new}."
+        " Uszkodzone urządzenie {old} należy odesłać w ciągu {days} dni, do {due}.",
+        "return_reminder": "Przypomnienie: uszkodzone urządzenie {old} należy odesłać do {due} (HEZO+:"
+        " 7 dni, opłacony list przewozowy w tym zgłoszeniu).",
+        "site_recovered": "Sieć lokalizacji {site} znowu odpowiada od {when} (awaria przez {duration}).",
+    },
+}
+
+
+#: The SLA block of a ticket (see agent.sla and ticket_text.render_sla_block).
+SLA_WORDS: dict[str, dict[str, str]] = {
+    "en": {
+        "title": "SLA clocks (service window {window})",
+        "window_24x7": "24x7 — every hour of every day",
+        "window_8x5": "8x5 — business hours on business days, site time, public holidays excluded",
+        "reaction": "Reaction due",
+        "communication": "Next communication due",
+        "every": "then every {every}",
+        "delivery": "Next-business-day delivery",
+        "delivery_date": "{day} ({weekday}), failure confirmed {when}",
+        "delivery_pending": "set once the failure is confirmed (next business day after confirmation)",
+        "delivery_if_now": "if the failure is confirmed now: delivery on {day} ({weekday})",
+        "return": "Return of the failed unit due",
+        "swapped": "swapped {when}",
+        "reminder": "Return reminder",
+    },
+    "pl": {
+        "title": "Terminy SLA (okno serwisowe {window})",
+        "window_24x7": "24x7 — całą dobę, każdego dnia",
+        "window_8x5": "8x5 — godziny pracy w dni robocze, czas lokalny, bez świąt państwowych",
+        "reaction": "Reakcja do",
+        "communication": "Następna komunikacja do",
+        "every": "potem co {every}",
+        "delivery": "Dostawa w następnym dniu roboczym",
+        "delivery_date": "{day} ({weekday}), awaria potwierdzona {when}",
+        "delivery_pending": "po potwierdzeniu awarii (następny dzień roboczy po potwierdzeniu)",
+        "delivery_if_now": "przy potwierdzeniu awarii teraz: dostawa {day} ({weekday})",
+        "return": "Zwrot uszkodzonego urządzenia do",
+        "swapped": "wymiana {when}",
+        "reminder": "Przypomnienie o zwrocie",
+    },
+}
+
+#: Weekday names, Monday first (``date.weekday()`` order).
+WEEKDAY_NAMES = {
+    "en": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
+    "pl": ("poniedziałek", "wtorek", "środa", "czwartek", "piątek", "sobota", "niedziela"),
 }

@@ -11,6 +11,9 @@ from datetime import datetime
 from pathlib import Path
 
 PERIPHERAL_KINDS = ("camera", "microphone", "speaker", "touch_panel")
+#: channel reasons that say nothing about the device: a cloud outage, a device the cloud cannot
+#: match, a status the cloud does not know. Such a channel is neither ok nor failing.
+NEUTRAL_REASONS = frozenset({"cloud_unreachable", "not_matched", "status_unknown"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +50,10 @@ class CheckResult:
 class ChannelResult:
     """What one channel (http, ssh, snmp, tcp, syslog, mtr, ymcs) saw during one poll.
 
-    ``reason`` is ``ok`` or a :mod:`collectors.errors` reason tag; ``fields`` carries what the
-    channel learned (e.g. ``{"sys_uptime_s": 1234}``) for the poll to merge into the sample.
+    ``reason`` is ``ok``, a :mod:`collectors.errors` reason tag, or one of
+    :data:`NEUTRAL_REASONS` (then ``ok`` is False but the channel does not count as failing);
+    ``fields`` carries what the channel learned (e.g. ``{"sys_uptime_s": 1234}``) for the poll
+    to merge into the sample.
     """
 
     channel: str
@@ -57,6 +62,11 @@ class ChannelResult:
     latency_ms: float
     detail: str = ""
     fields: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def neutral(self) -> bool:
+        """True when the channel could not judge the device (e.g. its cloud is unreachable)."""
+        return not self.ok and self.reason in NEUTRAL_REASONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +85,8 @@ class HealthSample:
 
     @property
     def failing_channels(self) -> tuple[str, ...]:
-        """Names of the channels that failed while the device still answered on others."""
-        return tuple(c.channel for c in self.channels if not c.ok)
+        """Names of the channels that failed while the device still answered on others (not neutral ones)."""
+        return tuple(c.channel for c in self.channels if not c.ok and not c.neutral)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,9 @@ The primary channel (the profile's HTTP interface) gives identity and health; th
 (TCP 6024, SSH, SNMP, MTR, YMCS, ...) are probed alongside it. The rule of issue 4:
 unreachable on every channel is *down*; some channels failing is *degraded* (a sample whose
 ``failing_channels`` names them); an auth failure or a changed identity is raised as such,
-because a human must act.
+because a human must act. A *neutral* channel result (:data:`collectors.models.NEUTRAL_REASONS`,
+e.g. the YMCS cloud itself unreachable) counts neither way: it does not make a device degraded,
+and it does not keep a device that is silent everywhere else from being down.
 """
 
 from __future__ import annotations
@@ -113,7 +115,7 @@ class MultiChannelCollector(Collector):
         answering = [r for r in results if r.ok]
         if not answering:
             summary = "; ".join(f"{r.channel}: {r.reason}" for r in results)
-            if all(r.reason == "timeout" for r in results):
+            if all(r.reason == "timeout" for r in results if not r.neutral):
                 raise DeviceTimeout(f"no channel answered ({summary})") from primary_error
             raise DeviceUnreachable(f"no channel answered ({summary})") from primary_error
         return HealthSample(

@@ -16,6 +16,7 @@ from collectors.transports.snmp import SnmpTransport, read_snmp_secrets
 from collectors.transports.ssh import SshTransport, read_secrets
 from collectors.transports.tcp import TcpConnectProbe, VcApiClient
 from collectors.yealink import YealinkHttpCollector
+from collectors.ymcs_channel import YmcsAccount
 from config.schema import Device, Profile
 
 DRIVERS: dict[str, type[Collector]] = {
@@ -65,8 +66,11 @@ def build_collector(
     max_log_bytes: int,
     clock: Callable[[], datetime] | None = None,
     known_hosts: KnownHosts | None = None,
+    ymcs: YmcsAccount | None = None,
 ) -> Collector:
     """Build the driver ``profile.driver`` names for ``device`` (``clock`` stamps samples, default UTC now).
+
+    ``ymcs`` is the account's shared YMCS access, for devices that opt in to the ``ymcs`` channel.
 
     Raises:
         UnknownDriver: (a KeyError) the profile's driver is not registered; the message lists those that are.
@@ -89,23 +93,35 @@ def build_collector(
         max_log_bytes=max_log_bytes,
         clock=clock,
     )
-    probes = build_probes(device, profile, known_hosts=known_hosts)
+    probes = build_probes(device, profile, known_hosts=known_hosts, ymcs=ymcs)
     if not probes:
         return primary
     return MultiChannelCollector(device.id, device.model, primary, probes, pool=_PROBE_POOL, clock=clock)
 
 
 def build_probes(
-    device: Device, profile: Profile, *, known_hosts: KnownHosts | None = None
+    device: Device,
+    profile: Profile,
+    *,
+    known_hosts: KnownHosts | None = None,
+    ymcs: YmcsAccount | None = None,
 ) -> list[ChannelProbe]:
     """Build the extra channel probes ``device`` opted in to (ports overridden per device).
 
+    ``ymcs`` is account-level, not a profile channel: its probe comes from the shared ``ymcs``.
+
     Raises:
-        ValueError: the device names a channel its profile does not offer.
+        ValueError: the device names a channel its profile does not offer, or ``ymcs`` without
+            the account's YMCS access.
         ConfigError: a channel's secret (SSH password or key, SNMP community or keys) cannot be read.
     """
-    probes = []
+    probes: list[ChannelProbe] = []
     for name, choice in device.channels.items():
+        if name == "ymcs":
+            if ymcs is None:
+                raise ValueError(f"device {device.id}: channel ymcs needs the top-level ymcs: section")
+            probes.append(ymcs.probe_for(device.id, ymcs_id=choice.ymcs_id, serial=choice.serial))
+            continue
         settings = getattr(profile.channels, name)
         if settings is None:
             raise ValueError(f"device {device.id}: profile {profile.name} offers no {name} channel")

@@ -5,7 +5,9 @@ The API is third-party documented (see :mod:`collectors.ymcs_models`). Token: ``
 "client_credentials"}``; every other call carries ``Authorization: Bearer``, ``timestamp``
 (ms) and ``nonce`` headers. Lists are POSTs of ``{skip, limit, autoCount}`` answered with
 ``{skip, limit, total, data}`` (a POST without a body gets HTTP 412, so a body is always sent).
-The token is cached until shortly before ``expires_in`` and refreshed once on a 401.
+The token is cached until shortly before ``expires_in`` and refreshed once on a 401. The
+device and alarm listings are shared for ``cache_s`` by every device's probe, and so is a
+failed listing (one attempt per round while the cloud is down, not one per device).
 
 Library errors are translated once, in :mod:`collectors.ymcs_http`; no message ever contains
 the client secret, the token or a URL's query string.
@@ -18,7 +20,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
@@ -26,16 +28,18 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from agent.clock import Clock, SystemClock
-from collectors.errors import AuthFailed, DeviceTimeout, DeviceUnreachable, UnexpectedResponse
+from collectors.errors import AuthFailed, CollectorError, DeviceTimeout, UnexpectedResponse
 from collectors.models import ChannelResult
 from collectors.ymcs_http import YmcsHttp, YmcsRateLimited, error_text
 from collectors.ymcs_models import (
+    ALARM_LEVELS,
     EXPORT_SYSLOG_PATH,
     YmcsAlarm,
     YmcsDevice,
+    YmcsKey,
     YmcsPart,
     YmcsSettings,
-    find_device,
+    match_device,
     normalize_mac,
     parse_alarm,
     parse_device,
@@ -44,11 +48,13 @@ from collectors.ymcs_models import (
     read_client_secret,
 )
 
-__all__ = ["YmcsClient", "YmcsProbe", "YmcsRateLimited", "client_from_settings"]
+__all__ = ["DEVICE_UNREACHABLE", "YmcsClient", "YmcsRateLimited", "client_from_settings"]
 
 T = TypeVar("T")
 DEVICES_PAGE = 100  # listDevices accepts at most 100 per page
 LIST_PAGE = 500  # other lists accept at most 500
+#: the reason of a device YMCS reports offline (the cloud answered: the device does not reach it)
+DEVICE_UNREACHABLE = "device_unreachable"
 
 
 class YmcsClient:
@@ -69,12 +75,15 @@ class YmcsClient:
         max_backoff_s: float = 30.0,
         max_json_bytes: int = 16 * 1024 * 1024,
         cache_s: float = 0.0,
+        page_size: int = DEVICES_PAGE,
         export_syslog_path: str = EXPORT_SYSLOG_PATH,
         session_factory: Callable[[], requests.Session] = requests.Session,
     ) -> None:
         """Prepare the client (nothing is sent yet); ``verify`` is True, False or a CA file path.
 
         ``clock`` drives token expiry, listing caches and export polling; ``sleep`` every wait.
+        ``cache_s`` shares a device or alarm listing (or its failure) among probes; ``page_size``
+        is the listDevices page (at most 100).
 
         Raises:
             ValueError: a base URL that is not http(s)://host[:port], or a bound out of range.
@@ -85,11 +94,13 @@ class YmcsClient:
             raise ValueError("base_url must look like https://host[:port]")
         if timeout_s <= 0 or max_pages < 1 or max_attempts < 1 or max_json_bytes < 1 or cache_s < 0:
             raise ValueError("timeout_s, max_pages, max_attempts and max_json_bytes must be positive")
+        if not 1 <= page_size <= DEVICES_PAGE:
+            raise ValueError(f"page_size must be 1 to {DEVICES_PAGE}")
         self.base_url = f"{parts.scheme}://{parts.netloc}"
         self.host = parts.netloc
         self.client_id = client_id
         self._secret = client_secret
-        self.max_pages, self.cache_s = max_pages, cache_s
+        self.max_pages, self.cache_s, self.page_size = max_pages, cache_s, page_size
         self.export_syslog_path = export_syslog_path
         self._clock: Clock = clock or SystemClock()
         self._sleep = sleep
@@ -97,7 +108,7 @@ class YmcsClient:
         self._token_expires_at = 0.0
         self._token_lock = threading.Lock()
         self._fetch_lock = threading.Lock()
-        self._cache: dict[str, tuple[float, Any]] = {}
+        self._cache: dict[str, tuple[float, Any, CollectorError | None]] = {}
         self._http = YmcsHttp(
             verify=verify,
             timeout_s=timeout_s,
@@ -116,12 +127,12 @@ class YmcsClient:
     # --- public API ---------------------------------------------------------------------------
 
     def list_devices(self) -> list[YmcsDevice]:
-        """Every device of the enterprise, paged 100 at a time.
+        """Every device of the enterprise, paged ``page_size`` (at most 100) at a time.
 
         Raises:
             DeviceUnreachable, DeviceTimeout, AuthFailed, UnexpectedResponse (also past max_pages).
         """
-        return self._cached("devices", lambda: self._list("/v2/dm/listDevices", DEVICES_PAGE, parse_device))
+        return self._cached("devices", lambda: self._list("/v2/dm/listDevices", self.page_size, parse_device))
 
     def list_parts(self, device_id: str) -> list[YmcsPart]:
         """The accessories (camera, microphone, ...) YMCS knows for device ``device_id``.
@@ -180,32 +191,40 @@ class YmcsClient:
                 raise DeviceTimeout(f"{where}: syslog export still in progress after {timeout_s:g} s")
             self._sleep(poll_every_s)
 
-    def probe(self, mac_or_serial: str) -> ChannelResult:
+    def probe(self, key: str | Sequence[YmcsKey]) -> ChannelResult:
         """Look the device up in YMCS: status, accessories and active alarms go into ``fields``.
 
-        ``ok`` is True when YMCS reports the device ``online``; ``offline`` is ``unreachable``;
-        not listed, ``pending`` or an unknown status is ``unexpected_response``.
+        ``key`` is a MAC or serial, or ``(kind, value)`` keys tried in order (kind ``ymcs_id``,
+        ``serial`` or ``mac``). ``ok`` is True when YMCS reports the device ``online``;
+        ``offline`` fails with ``device_unreachable``. A device YMCS does not list
+        (``not_matched``) or lists as ``pending`` or in an unknown status (``status_unknown``)
+        is a neutral result: the cloud cannot judge it.
 
         Raises:
             DeviceUnreachable, DeviceTimeout (the cloud, not the device), AuthFailed,
             UnexpectedResponse.
         """
         started = time.perf_counter()
-        key = mac_or_serial.strip()
+        keys: list[YmcsKey] = [("mac", key), ("serial", key)] if isinstance(key, str) else list(key)
         devices = self.list_devices()
-        found = find_device(devices, key)
+        found = match_device(devices, keys)
         if found is None:
+            wanted = " or ".join(dict.fromkeys(f"{kind} {value.strip()}" for kind, value in keys)) or "no key"
             return ChannelResult(
                 "ymcs",
                 False,
-                UnexpectedResponse.reason,
+                "not_matched",
                 (time.perf_counter() - started) * 1000,
-                detail=f"{key} is not among the {len(devices)} devices YMCS lists",
+                detail=f"{wanted} is not among the {len(devices)} devices YMCS lists",
                 fields={"ymcs_found": False},
             )
         parts = self.list_parts(found.id)
         found_mac = normalize_mac(found.mac)
-        alarms = [a for a in self.list_alarms(active_only=True) if normalize_mac(a.mac) == found_mac]
+        alarms = [
+            a
+            for a in self.list_alarms(active_only=True)
+            if normalize_mac(a.mac) == found_mac and a.level in ALARM_LEVELS  # 1 minor, 2 major, 3 critical
+        ]
         fields: dict[str, object] = {
             "ymcs_found": True,
             "ymcs_device_id": found.id,
@@ -221,9 +240,12 @@ class YmcsClient:
             "ymcs_alarms": [{"event": a.event, "level": a.level, "level_name": a.level_name} for a in alarms],
             "ymcs_alarm_max_level": max((a.level for a in alarms), default=0),
         }
-        reasons = {"online": "ok", "offline": DeviceUnreachable.reason}
-        reason = reasons.get(found.status, UnexpectedResponse.reason)
+        reasons = {"online": "ok", "offline": DEVICE_UNREACHABLE}
+        reason = reasons.get(found.status, "status_unknown")
         detail = f"YMCS: {found.raw_status or 'no status'}"
+        missing = [p.model or p.id for p in parts if p.connected is False]
+        if missing:
+            detail += "; disconnected: " + ", ".join(missing[:5])
         if alarms:
             detail += "; alarms: " + ", ".join(f"{a.event} ({a.level_name})" for a in alarms[:5])
         latency_ms = (time.perf_counter() - started) * 1000
@@ -236,15 +258,25 @@ class YmcsClient:
     # --- requests -------------------------------------------------------------------------------
 
     def _cached(self, key: str, fetch: Callable[[], list[T]]) -> list[T]:
-        """One listing shared by every probe within ``cache_s`` (one fetch at a time, not one per probe)."""
+        """One listing (or its failure) shared by every probe within ``cache_s``; one fetch at a time.
+
+        Raises:
+            CollectorError: the fetch failed now, or failed less than ``cache_s`` ago (a copy).
+        """
         if self.cache_s <= 0:
             return fetch()
         with self._fetch_lock:
             hit = self._cache.get(key)
             if hit is not None and self._clock.monotonic() - hit[0] < self.cache_s:
+                if hit[2] is not None:
+                    raise type(hit[2])(str(hit[2]))
                 return list(hit[1])
-            value = fetch()
-            self._cache[key] = (self._clock.monotonic(), value)
+            try:
+                value = fetch()
+            except CollectorError as err:
+                self._cache[key] = (self._clock.monotonic(), [], err)
+                raise
+            self._cache[key] = (self._clock.monotonic(), value, None)
             return list(value)
 
     def _list(self, path: str, page_size: int, parse: Callable[[dict[str, Any], str], T]) -> list[T]:
@@ -343,27 +375,6 @@ class YmcsClient:
         return self._http.download(url, dest, headers, max_bytes=max_bytes, timeout_s=timeout_s)
 
 
-class YmcsProbe:
-    """The ``ymcs`` channel for one device (a :class:`collectors.multi.ChannelProbe`)."""
-
-    name = "ymcs"
-
-    def __init__(self, client: YmcsClient, mac_or_serial: str) -> None:
-        self.client = client
-        self.key = mac_or_serial
-
-    def probe(self) -> ChannelResult:
-        """Look the device up in YMCS.
-
-        Raises:
-            DeviceUnreachable, DeviceTimeout, AuthFailed, UnexpectedResponse.
-        """
-        return self.client.probe(self.key)
-
-    def close(self) -> None:
-        """Nothing to release: the client is shared by every device of the enterprise."""
-
-
 def client_from_settings(
     settings: YmcsSettings,
     *,
@@ -374,7 +385,9 @@ def client_from_settings(
     """Build a client from :class:`YmcsSettings`, reading the secret from its env var or file.
 
     Raises:
-        ValueError: the secret cannot be read (the message names its source, not the secret).
+        config.loader.ConfigError: the secret cannot be read (the line names ``ymcs.client_secret_env``
+            or ``_file``, never the secret).
+        OSError, ssl.SSLError: the ``ca_bundle`` file cannot be read.
     """
     return YmcsClient(
         settings.url,
@@ -385,7 +398,10 @@ def client_from_settings(
         clock=clock,
         sleep=sleep,
         max_pages=settings.max_pages,
+        max_attempts=settings.max_attempts,
+        max_backoff_s=settings.max_backoff_s,
         cache_s=settings.cache_s,
+        page_size=settings.page_size,
         export_syslog_path=settings.export_syslog_path,
     )
 

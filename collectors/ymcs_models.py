@@ -10,17 +10,14 @@ are mapped to ``None`` ("unknown"), never to "disconnected".
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
-
 from collectors.errors import UnexpectedResponse
-from config.schema import ENV_VAR_PATTERN, Provenance, Strict
+from config.loader import read_secret
+from config.ymcs import EXPORT_SYSLOG_PATH, REGIONS, YmcsSettings
 
 __all__ = [
     "ALARM_LEVELS",
@@ -28,12 +25,15 @@ __all__ = [
     "DEVICE_STATUSES",
     "EXPORT_SYSLOG_PATH",
     "REGIONS",
+    "KeyKind",
     "YmcsAlarm",
     "YmcsDevice",
+    "YmcsKey",
     "YmcsPage",
     "YmcsPart",
     "YmcsSettings",
     "find_device",
+    "match_device",
     "normalize_mac",
     "parse_alarm",
     "parse_device",
@@ -43,81 +43,37 @@ __all__ = [
     "read_client_secret",
 ]
 
-REGIONS = {
-    "us": "https://us-api.ymcs.yealink.com",
-    "eu": "https://eu-api.ymcs.yealink.com",
-    "au": "https://au-api.ymcs.yealink.com",
-}
 #: ``deviceStatus`` values the API documents; anything else is reported as ``unknown``
 DEVICE_STATUSES = ("online", "offline", "pending")
 #: alarm ``level``: 1 minor, 2 major, 3 critical
 ALARM_LEVELS = {1: "minor", 2: "major", 3: "critical"}
 #: alarm ``status``: 1 active, 2 solved, 3 ignored
 ALARM_STATUSES = {1: "active", 2: "solved", 3: "ignored"}
-#: assumed: the two clients name the exportSyslog operation but not one agreed path
-EXPORT_SYSLOG_PATH = "/v2/dm/diagnosis/exportSyslog"
 # connStatus words read as connected / disconnected; numbers and anything else are unknown
 _CONNECTED = frozenset({"connected", "online"})
 _DISCONNECTED = frozenset({"disconnected", "offline"})
 _HEX = re.compile(r"[^0-9a-f]")
-
-
-class YmcsSettings(Strict):
-    """Access to the YMCS Open API: third-party documented, so ``status`` is ``assumed``."""
-
-    region: Literal["us", "eu", "au"] | None = None
-    base_url: str | None = Field(default=None, pattern=r"^https://[^/?#\s]+$")  # secrets travel: TLS only
-    client_id: str = Field(min_length=1, max_length=200)
-    client_secret_env: str | None = Field(default=None, pattern=ENV_VAR_PATTERN)
-    client_secret_file: Path | None = None
-    ca_bundle: Path | None = None  # verify the cloud against this CA file instead of the system store
-    timeout_s: float = Field(default=10.0, gt=0, le=120)
-    max_pages: int = Field(default=50, ge=1, le=1000)
-    cache_s: float = Field(default=60.0, ge=0, le=3600)  # listings shared by every device's probe
-    export_syslog_path: str = Field(default=EXPORT_SYSLOG_PATH, pattern=r"^/[^?#\s]*$")
-    export_poll_every_s: float = Field(default=5.0, gt=0, le=300)
-    export_timeout_s: float = Field(default=300.0, gt=0, le=3600)
-    export_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, le=2**31)
-    status: Provenance = "assumed"
-
-    @model_validator(mode="after")
-    def _one_of_each(self) -> YmcsSettings:
-        if (self.region is None) == (self.base_url is None):
-            raise ValueError("give exactly one of region (us, eu, au) or base_url")
-        if (self.client_secret_env is None) == (self.client_secret_file is None):
-            raise ValueError("give exactly one of client_secret_env or client_secret_file")
-        return self
-
-    @property
-    def url(self) -> str:
-        """The API base URL (``base_url``, else the region's)."""
-        return self.base_url or REGIONS[self.region or "us"]
+#: how a device is looked up in the cloud: by its YMCS id, its serial number or its MAC
+KeyKind = Literal["ymcs_id", "serial", "mac"]
+YmcsKey = tuple[KeyKind, str]
 
 
 def read_client_secret(settings: YmcsSettings, environ: Mapping[str, str] | None = None) -> str:
-    """Read the client secret from the named environment variable or file.
+    """Read the client secret from the named environment variable or file (:func:`config.loader.read_secret`).
 
     Raises:
-        ValueError: the variable is unset or empty, or the file is missing, unreadable or empty
-            (the message names the variable or file, never the secret).
+        config.loader.ConfigError: the variable is unset or empty, or the file is missing,
+            unreadable or empty; the line names ``ymcs.client_secret_env``/``_file``, never the secret.
     """
-    env = os.environ if environ is None else environ
-    if settings.client_secret_env is not None:
-        value = env.get(settings.client_secret_env, "")
-        if not value:
-            name = settings.client_secret_env
-            raise ValueError(f"ymcs.client_secret_env: environment variable {name} is unset or empty")
-        return value
-    file = settings.client_secret_file
-    assert file is not None  # the validator guarantees one source
-    try:
-        value = file.read_text(encoding="utf-8-sig").strip()
-    except (OSError, UnicodeDecodeError) as err:
-        why = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
-        raise ValueError(f"ymcs.client_secret_file: cannot read {file} ({why})") from None
-    if not value:
-        raise ValueError(f"ymcs.client_secret_file: {file} is empty")
-    return value
+    hint = " (set it in the agent's service environment, or use client_secret_file)"
+    return read_secret(
+        settings.client_secret_env,
+        settings.client_secret_file,
+        "ymcs.client_secret",
+        "config",
+        env_hint=hint,
+        environ=environ,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,10 +153,25 @@ def normalize_mac(text: str) -> str:
 def find_device(devices: Sequence[YmcsDevice], mac_or_serial: str) -> YmcsDevice | None:
     """The device whose MAC (any separators, any case) or serial number matches, else None."""
     key = mac_or_serial.strip()
-    mac, serial = normalize_mac(key), key.lower()
-    for device in devices:
-        if (len(mac) == 12 and normalize_mac(device.mac) == mac) or (serial and device.sn.lower() == serial):
-            return device
+    return match_device(devices, [("mac", key), ("serial", key)])
+
+
+def match_device(devices: Sequence[YmcsDevice], keys: Sequence[YmcsKey]) -> YmcsDevice | None:
+    """The device the first matching key names (YMCS id exactly, serial and MAC in any case), else None.
+
+    A MAC key matches only when it has 12 hex digits; empty keys never match.
+    """
+    for kind, value in keys:
+        text = value.strip()
+        if kind == "mac":
+            mac = normalize_mac(text)
+            found = next((d for d in devices if len(mac) == 12 and normalize_mac(d.mac) == mac), None)
+        elif kind == "serial":
+            found = next((d for d in devices if text and d.sn.lower() == text.lower()), None)
+        else:
+            found = next((d for d in devices if text and d.id == text), None)
+        if found is not None:
+            return found
     return None
 
 

@@ -18,7 +18,9 @@ from config.base import ENV_VAR_PATTERN, Provenance, Strict
 VCAPI_PORT = 6024
 MiB = 1024 * 1024
 TRAP_PORT = 162
-ChannelName = Literal["tcp", "tcp6024", "ssh", "snmp", "mtr"]
+ChannelName = Literal["tcp", "tcp6024", "ssh", "snmp", "mtr", "ymcs"]
+#: channels configured once per account (a top-level section), never offered by a profile
+ACCOUNT_CHANNELS = frozenset({"ymcs"})
 
 
 class TcpChannel(Strict):
@@ -51,9 +53,16 @@ class ProfileChannels(Strict):
 
 
 class DeviceChannel(Strict):
-    """A device's use of one of its profile's channels; ``port`` overrides the profile's."""
+    """A device's use of one of its channels; ``port`` overrides the profile's.
+
+    ``ymcs`` is an account-level channel (the top-level ``ymcs:`` section, no profile): it takes
+    no ``port``, and may name the device's YMCS id or serial when the agent cannot learn them
+    (``ymcs_id`` and ``serial`` are for ``ymcs`` only; the loader checks both rules).
+    """
 
     port: int | None = Field(None, ge=1, le=65535)
+    ymcs_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[^/?#%\\\s]+$")
+    serial: str | None = Field(None, min_length=1, max_length=64)
 
 
 class SyslogSettings(Strict):

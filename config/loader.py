@@ -9,15 +9,17 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
+from config.channels import ACCOUNT_CHANNELS
 from config.messages import format_loc, validation_lines
 from config.schema import AgentConfig, Credentials, Profile, validate_id
+from config.ticketing import resolve_ticketing_paths
 
 __all__ = [
     "BUILTIN_PROFILES",
@@ -177,9 +179,24 @@ def load_profile(name: str, search: Sequence[Path] = ()) -> Profile:
             if profile.name != name:
                 problem = f"name: is {profile.name!r} but the file is {name}.yaml; make them equal"
                 raise ConfigError(shown, [problem])
-            return profile
+            return _resolve_channel_paths(profile, path.resolve().parent)
     known = ", ".join(_known_profiles(search))
     raise ConfigError(name, [f"no profile named {name!r} (known: {known})"])
+
+
+def _resolve_channel_paths(profile: Profile, base: Path) -> Profile:
+    """Return ``profile`` with the paths of its channel settings (``key_file``, ``xml_file``, ...)
+    made absolute: relative ones resolve beside the profile file, as the config's do beside it."""
+    updates = {}
+    for name, settings in profile.channels:
+        if settings is None:
+            continue
+        paths = {key: _beside(base, value) for key, value in settings if isinstance(value, Path)}
+        if paths:
+            updates[name] = settings.model_copy(update=paths)
+    if not updates:
+        return profile
+    return profile.model_copy(update={"channels": profile.channels.model_copy(update=updates)})
 
 
 def profile_name(model: str, explicit: str | None) -> str:
@@ -241,13 +258,12 @@ def _beside(base: Path, value: Path | None) -> Path | None:
 
 
 def _resolve_paths(cfg: AgentConfig, base: Path) -> AgentConfig:
-    """Return ``cfg`` with data_dir, profiles_dir, ticket store and password files made absolute."""
+    """Return ``cfg`` with data_dir, profiles_dir, ticketing paths and password files made absolute."""
     old = cfg.agent
     agent = old.model_copy(
         update={"data_dir": _beside(base, old.data_dir), "profiles_dir": _beside(base, old.profiles_dir)}
     )
-    local = cfg.ticketing.local.model_copy(update={"path": _beside(base, cfg.ticketing.local.path)})
-    ticketing = cfg.ticketing.model_copy(update={"local": local})
+    ticketing = resolve_ticketing_paths(cfg.ticketing, lambda p: _beside(base, p))
     devices = []
     for dev in cfg.devices:
         creds = dev.credentials
@@ -258,9 +274,42 @@ def _resolve_paths(cfg: AgentConfig, base: Path) -> AgentConfig:
     traps = cfg.traps
     if traps is not None and traps.community_file is not None:
         traps = traps.model_copy(update={"community_file": _beside(base, traps.community_file)})
+    ymcs = cfg.ymcs
+    if ymcs is not None:
+        files = {"client_secret_file": ymcs.client_secret_file, "ca_bundle": ymcs.ca_bundle}
+        ymcs = ymcs.model_copy(update={key: _beside(base, value) for key, value in files.items()})
     return cfg.model_copy(
-        update={"agent": agent, "ticketing": ticketing, "devices": tuple(devices), "traps": traps}
+        update={
+            "agent": agent,
+            "ticketing": ticketing,
+            "devices": tuple(devices),
+            "traps": traps,
+            "ymcs": ymcs,
+        }
     )
+
+
+def _check_account_channels(cfg: AgentConfig) -> list[str]:
+    """Account channels (ymcs) need their top-level section and take no port; others take no ymcs keys."""
+    lines: list[str] = []
+    for i, dev in enumerate(cfg.devices):
+        for channel, choice in dev.channels.items():
+            where = f"devices[{i}].channels.{channel}"
+            if channel not in ACCOUNT_CHANNELS:
+                lines.extend(
+                    f"{where}.{key}: only the ymcs channel takes {key}; remove it"
+                    for key in ("ymcs_id", "serial")
+                    if getattr(choice, key) is not None
+                )
+                continue
+            if getattr(cfg, channel) is None:
+                lines.append(
+                    f"{where}: needs the top-level {channel}: section (the account's cloud access);"
+                    " add it (see config/example.yaml) or remove this channel"
+                )
+            if choice.port is not None:
+                lines.append(f"{where}.port: a cloud channel has no device port; remove it")
+    return lines
 
 
 def _check_profiles(cfg: AgentConfig) -> list[str]:
@@ -291,7 +340,7 @@ def _check_profiles(cfg: AgentConfig) -> list[str]:
                 lines.extend(f"{head}: {line}" for line in profile.lines)
         else:
             for channel in dev.channels:
-                if getattr(profile.channels, channel) is None:
+                if channel not in ACCOUNT_CHANNELS and getattr(profile.channels, channel) is None:
                     offered = [n for n, v in profile.channels if v is not None]
                     lines.append(
                         f"devices[{i}].channels.{channel}: profile {name!r} offers no {channel} channel"
@@ -328,24 +377,35 @@ def load_config(path: Path | str) -> AgentConfig:
     except ValidationError as err:
         raise ConfigError(str(path), validation_lines(err, AgentConfig)) from err
     cfg = _resolve_paths(cfg, path.resolve().parent)
-    lines = _cross_check(cfg) + _check_profiles(cfg)
+    lines = _cross_check(cfg) + _check_profiles(cfg) + _check_account_channels(cfg)
     if lines:
         raise ConfigError(str(path), lines)
     return cfg
 
 
-def read_secret(env: str | None, file: Path | None, key: str, where: str, *, env_hint: str = "") -> str:
+def read_secret(
+    env: str | None,
+    file: Path | None,
+    key: str,
+    where: str,
+    *,
+    env_hint: str = "",
+    environ: Mapping[str, str] | None = None,
+    keep_text: bool = False,
+) -> str:
     """Read a secret from the environment variable ``env`` or the file ``file`` (exactly one given).
 
     ``key`` is the config key without its ``_env``/``_file`` suffix (``credentials.password``),
     used at the start of every error line; ``where`` is the error's source. A file is read as
-    UTF-8 (a BOM is ignored) and trailing line breaks are dropped. The secret is never shown.
+    UTF-8 (a BOM is ignored) and trailing line breaks are dropped, unless ``keep_text`` (a key
+    file is used as written). ``environ`` replaces :data:`os.environ` (tests). The secret is
+    never shown.
 
     Raises:
         ConfigError: the variable is unset or empty, or the file is missing, unreadable or empty.
     """
     if env is not None:
-        value = os.environ.get(env)
+        value = (os.environ if environ is None else environ).get(env)
         if value is None:
             raise ConfigError(where, [f"{key}_env: environment variable {env} is not set{env_hint}"])
         if not value:
@@ -355,7 +415,7 @@ def read_secret(env: str | None, file: Path | None, key: str, where: str, *, env
         section, _, leaf = key.rpartition(".")
         raise ConfigError(where, [f"{section or leaf}: give {leaf}_env or {leaf}_file"])
     try:
-        value = file.read_text(encoding="utf-8-sig").rstrip("\r\n")
+        text = file.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ConfigError(where, [f"{key}_file: file not found: {file}"]) from None
     except IsADirectoryError:
@@ -363,9 +423,9 @@ def read_secret(env: str | None, file: Path | None, key: str, where: str, *, env
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
         raise ConfigError(where, [f"{key}_file: cannot read {file} ({reason})"]) from None
-    if not value:
+    if not text.strip():
         raise ConfigError(where, [f"{key}_file: {file} is empty"])
-    return value
+    return text if keep_text else text.rstrip("\r\n")
 
 
 def resolve_password(creds: Credentials, where: str) -> str:

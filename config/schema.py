@@ -17,6 +17,17 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from config.base import ENV_VAR_PATTERN, Provenance, Strict
 from config.channels import ChannelName, DeviceChannel, ProfileChannels, SyslogSettings, TrapReceiverSettings
+from config.quiet import FirmwareUpdateSettings, FlappingSettings, QuietSettings, SiteNetworkSettings
+from config.sla import SlaSettings
+from config.ticketing import (
+    EmailSettings,
+    FreshdeskSettings,
+    JiraSettings,
+    ServiceNowSettings,
+    WebhookSettings,
+    ZendeskSettings,
+)
+from config.ymcs import YmcsSettings
 
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
@@ -134,6 +145,12 @@ class Site(Strict):
     timezone: str = "Europe/Warsaw"
     business_hours: BusinessHours = BusinessHours()
     canaries: tuple[Canary, ...] = ()
+    site_network: SiteNetworkSettings = Field(
+        default_factory=SiteNetworkSettings, description="what a site-wide network outage raises"
+    )
+    quiet: QuietSettings = Field(
+        default_factory=QuietSettings, description="maintenance windows and power schedules of the site"
+    )
 
     _name = field_validator("name")(classmethod(lambda cls, v: validate_id(v)))
 
@@ -199,6 +216,9 @@ class Device(Strict):
     channels: dict[ChannelName, DeviceChannel] = Field(
         default_factory=dict, description="extra channels of the profile this device's site offers"
     )
+    quiet: QuietSettings = Field(
+        default_factory=QuietSettings, description="quiet periods of this device, besides its site's"
+    )
 
     _id = field_validator("id")(classmethod(lambda cls, v: validate_id(v)))
     _host = field_validator("host")(classmethod(lambda cls, v: validate_host(v)))
@@ -212,11 +232,40 @@ class LocalBackendSettings(Strict):
     )
 
 
+class OutboxSettings(Strict):
+    """The durable ticket outbox: attachment spool quota, retry backoff, when to give up."""
+
+    quota_mb: int = Field(default=512, ge=1, le=1_048_576, description="disk quota of spooled attachments")
+    max_attempts: int | None = Field(default=None, ge=1, description="reject after this many; default never")
+    backoff_base_s: float = Field(default=5.0, gt=0, le=3600, description="first retry wait")
+    backoff_cap_s: float = Field(default=600.0, gt=0, le=86400, description="longest retry wait")
+
+    @model_validator(mode="after")
+    def _cap_not_below_base(self) -> OutboxSettings:
+        if self.backoff_cap_s < self.backoff_base_s:
+            raise FieldProblem("backoff_cap_s", f"must be at least backoff_base_s ({self.backoff_base_s:g})")
+        return self
+
+
 class Ticketing(Strict):
     """Which helpdesk receives tickets, and its settings."""
 
-    backend: Literal["local"] = "local"
+    backend: Literal["local", "email", "webhook", "jira", "zendesk", "servicenow", "freshdesk"] = "local"
     local: LocalBackendSettings = LocalBackendSettings()
+    email: EmailSettings | None = Field(default=None, description="required when backend is email")
+    webhook: WebhookSettings | None = Field(default=None, description="required when backend is webhook")
+    jira: JiraSettings | None = Field(default=None, description="required when backend is jira")
+    zendesk: ZendeskSettings | None = Field(default=None, description="required when backend is zendesk")
+    servicenow: ServiceNowSettings | None = Field(default=None, description="when backend is servicenow")
+    freshdesk: FreshdeskSettings | None = Field(default=None, description="when backend is freshdesk")
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings, description="delivery queue and spool")
+
+    @model_validator(mode="after")
+    def _chosen_backend_configured(self) -> Ticketing:
+        if getattr(self, self.backend, None) is None:
+            problem = f"required when backend is {self.backend}: add a ticketing.{self.backend} section"
+            raise FieldProblem(self.backend, problem)
+        return self
 
 
 class AgentConfig(Strict):
@@ -231,6 +280,12 @@ class AgentConfig(Strict):
     ticketing: Ticketing = Ticketing()
     syslog: SyslogSettings | None = Field(None, description="receive the devices' syslog into black boxes")
     traps: TrapReceiverSettings | None = Field(None, description="SNMP v2c traps trigger a confirm poll")
+    ymcs: YmcsSettings | None = Field(None, description="the account's YMCS cloud access (channel ymcs)")
+    sla: SlaSettings = Field(default_factory=SlaSettings, description="HEZO+ SLA clocks on every ticket")
+    flapping: FlappingSettings = Field(default_factory=FlappingSettings, description="flap detection")
+    firmware_update: FirmwareUpdateSettings = Field(
+        default_factory=FirmwareUpdateSettings, description="how long an update keeps a device quiet"
+    )
 
     def site(self, name: str) -> Site:
         """Return the site called ``name`` (validated to exist)."""

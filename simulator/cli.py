@@ -51,10 +51,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--vcapi-port", type=int, default=6024, help="port of each device's 6024 API (0: ephemeral)"
     )
+    run.add_argument(
+        "--ssh-port",
+        type=int,
+        help="each device also serves SSH on this TCP port (0: ephemeral; default off)",
+    )
+    run.add_argument(
+        "--snmp-port",
+        type=int,
+        help="each device also answers SNMP on this UDP port (0: ephemeral; default off)",
+    )
+    run.add_argument(
+        "--ymcs", action="store_true", help="also start the mock YMCS cloud listing every device"
+    )
+    run.add_argument("--ymcs-port", type=int, help="port of the mock YMCS on 127.0.0.1 (implies --ymcs)")
     fault = sub.add_parser("fault", help="inject a fault into a device of a running fleet")
     fault.add_argument("device")
     fault.add_argument("kind", help=", ".join(FAULT_KINDS))
-    fault.add_argument("arg", nargs="?", help="seconds for slow/reboot, peripheral for unplug")
+    fault.add_argument(
+        "arg",
+        nargs="?",
+        help="seconds for slow/reboot, peripheral for unplug, channel (http, tcp6024, ssh, snmp) for "
+        "offline/hang/malformed/endless/drip/garbage",
+    )
     clear = sub.add_parser("clear", help="remove the faults of one device, or of all")
     clear.add_argument("device", nargs="?")
     listing = sub.add_parser("list", help="list the devices of a running fleet and their faults")
@@ -123,19 +142,24 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         log_bytes=args.log_bytes,
         vcapi_port=args.vcapi_port,
         syslog_to=args.syslog_to,
+        ssh_port=args.ssh_port,
+        snmp_port=args.snmp_port,
+        ymcs=args.ymcs,
+        ymcs_port=args.ymcs_port,
     )
     stop = threading.Event()
     fleet.start()
     restore = _on_sigterm(stop)
     try:
-        rows = [["ID", "MODEL", "ADDRESS", "SERIAL", "SITE", "ROOM"]]
-        rows += [[d.id, d.model, f"{d.host}:{d.port}", d.serial, d.site, d.room] for d in fleet.devices]
-        _table(rows, out)
+        _table(_device_rows(fleet), out)
         out.write(f"\n{len(fleet.devices)} devices up; control API {fleet.control_url}\n")
+        _write_channels(fleet, out)
         if args.config_out is not None:
             data_dir = args.data_dir.resolve() if args.data_dir is not None else None  # relative to here
             path = fleet.write_agent_config(args.config_out, data_dir=data_dir)
             out.write(f"agent config written to {path} (password in {path.stem}.secret beside it)\n")
+            for name, secret in fleet.write_channel_secrets(path).items():
+                out.write(f"{name.replace('_', ' ')} written to {secret}\n")
             out.write(f"run the agent against it:  hezo-agent run -c {path}\n")
         hint = "" if fleet.control_url == DEFAULT_CONTROL else f" --control {fleet.control_url}"
         out.write(f"inject faults:  hezo-sim fault DEVICE KIND [ARG]{hint}   (Ctrl+C stops the fleet)\n")
@@ -149,6 +173,27 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         fleet.stop()
     out.write("fleet stopped\n")
     return 0
+
+
+def _device_rows(fleet: Fleet) -> list[list[str]]:
+    """The table ``run`` prints: one row per device, SSH/SNMP ports when the fleet serves them."""
+    extra = [name for name in ("ssh_port", "snmp_port") if getattr(fleet.devices[0], name) is not None]
+    rows = [["ID", "MODEL", "ADDRESS", *(n.split("_")[0].upper() for n in extra), "SERIAL", "SITE", "ROOM"]]
+    for d in fleet.devices:
+        ports = [str(getattr(d, n)) for n in extra]
+        rows.append([d.id, d.model, f"{d.host}:{d.port}", *ports, d.serial, d.site, d.room])
+    return rows
+
+
+def _write_channels(fleet: Fleet, out: TextIO) -> None:
+    """Say how to use the optional channels (never their secrets: --config-out writes those to files)."""
+    first = fleet.devices[0]
+    if first.ssh_port is not None:
+        out.write(f"ssh: user {first.username} with the admin password or the fleet's client key\n")
+    if first.snmp_port is not None and fleet.snmp is not None:
+        out.write(f"snmp: the fleet's v2c community, or v3 user {fleet.snmp.user!r} (authPriv SHA/AES)\n")
+    if fleet.ymcs is not None:
+        out.write(f"ymcs: {fleet.ymcs.base_url} client id {fleet.ymcs.client_id}, CA {fleet.ymcs.ca_path}\n")
 
 
 def _on_sigterm(stop: threading.Event) -> Callable[[], None]:

@@ -1,7 +1,10 @@
-"""One simulated device: an HTTPS server answering what its profile expects, with live faults.
+"""One simulated device: HTTPS answering what its profile expects, plus 6024, SSH and SNMP, with live faults.
 
-All async methods run on the fleet's event loop thread; ``record`` and ``snapshot`` are plain
-state and are only called from outside the loop while the fleet is not running.
+Faults live here, per device; each channel server (HTTP below, :mod:`simulator.vcapi`,
+:mod:`simulator.ssh_server`, :mod:`simulator.snmp_agent`) is told the modes that apply to it
+(:meth:`DeviceServer.channel_modes`) whenever they change. All async methods run on the
+fleet's event loop thread; ``record`` and ``snapshot`` are plain state and are only called from
+outside the loop while the fleet is not running.
 """
 
 from __future__ import annotations
@@ -9,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import io
 import json
 import logging
 import secrets
 import socket
 import ssl
+import tarfile
 import time
 from collections import OrderedDict
 from dataclasses import replace
@@ -28,14 +33,29 @@ from config.schema import Profile
 from simulator.certs import DeviceCertificate, server_context
 from simulator.identity import PERIPHERAL_NAMES, Identity, SimDevice
 from simulator.logs import APP, MTR_NAMES, SYS, LogEvent, boot_lines, build_archive, routine_lines
-from simulator.vcapi import VcApiServer
+from simulator.snmp_agent import SNMP_FAULTS, Interface, Mib, SnmpAgent, device_mib
+from simulator.ssh_server import LOG_DIR, SSH_FAULTS, ShellFacts, SshServer
+from simulator.vcapi import VCAPI_FAULTS, VcApiServer
+from simulator.ymcs_wire import device_record
 
 log = logging.getLogger("hezo.simulator")
 
-FAULT_KINDS = ("offline", "hang", "slow", "reboot", "unplug", "auth-fail", "malformed")
-#: faults that may target one channel (``offline tcp6024``); without an argument they hit every channel
-CHANNEL_FAULTS = ("offline", "hang")
-CHANNELS = ("http", "tcp6024")
+FAULT_KINDS = (
+    *("offline", "hang", "slow", "reboot", "unplug", "auth-fail", "malformed"),
+    *("endless", "drip", "garbage", "hostkey-change"),
+)
+CHANNELS = ("http", "tcp6024", "ssh", "snmp")
+#: faults that may (or must) target one channel, and the channels each one can target; without a
+#: channel ``offline``/``hang`` hit every channel, ``malformed`` the web interface, ``endless``/``drip`` SSH
+CHANNEL_FAULTS: dict[str, tuple[str, ...]] = {
+    "offline": CHANNELS,
+    "hang": CHANNELS,
+    "malformed": ("http", "snmp"),
+    "endless": ("ssh",),
+    "drip": ("ssh",),
+    "garbage": ("tcp6024", "snmp"),
+}
+DEFAULT_CHANNEL = {"endless": "ssh", "drip": "ssh"}
 DEFAULT_SLOW_S = 3.0
 DEFAULT_REBOOT_S = 20.0
 MAX_TOKENS = 256
@@ -62,9 +82,12 @@ def parse_fault(kind: str, arg: str | None) -> str | None:
         if not 0 < seconds <= 3600:
             raise ValueError(f"{kind}: seconds must be in (0, 3600], got {arg!r}")
         return str(seconds)
-    if kind in CHANNEL_FAULTS and arg is not None:
-        if arg not in CHANNELS:
-            names = ", ".join(CHANNELS)
+    if kind in CHANNEL_FAULTS:
+        arg = arg if arg is not None else DEFAULT_CHANNEL.get(kind)
+        if arg is None and kind == "garbage":
+            raise ValueError(f"garbage: name a channel ({', '.join(CHANNEL_FAULTS[kind])})")
+        if arg is not None and arg not in CHANNEL_FAULTS[kind]:
+            names = ", ".join(CHANNEL_FAULTS[kind])
             raise ValueError(f"{kind}: the optional argument names a channel ({names}), got {arg!r}")
         return arg
     if kind == "unplug":
@@ -77,7 +100,7 @@ def parse_fault(kind: str, arg: str | None) -> str | None:
 
 
 class DeviceServer:
-    """The HTTPS server and fault state of one simulated device."""
+    """The servers (HTTPS, and 6024, SSH, SNMP when given) and fault state of one simulated device."""
 
     def __init__(
         self,
@@ -92,8 +115,11 @@ class DeviceServer:
         syslog_to: tuple[str, int] | None = None,
         syslog_every_s: float = 5.0,
     ) -> None:
+        """Prepare the device; the fleet may set :attr:`ssh` and :attr:`snmp` before :meth:`start`."""
         self.ident = ident
         self.vcapi = vcapi
+        self.ssh: SshServer | None = None
+        self.snmp: SnmpAgent | None = None
         self._syslog_to = syslog_to
         self._syslog_every_s = syslog_every_s
         self._syslog_sock: socket.socket | None = None
@@ -103,7 +129,10 @@ class DeviceServer:
         self._cert = cert
         self._seed = seed
         self._log_bytes = log_bytes
+        #: device-wide faults (kind -> argument); ``offline``/``hang`` here hit every channel
         self.faults: dict[str, str | None] = {}
+        #: faults aimed at one channel, as an ordered set of (kind, channel)
+        self.channel_faults: dict[tuple[str, str], None] = {}
         self.unplugged: set[str] = set()
         self._boot_mono = time.monotonic()
         self._uptime_offset_s = ident.initial_uptime_s
@@ -112,9 +141,11 @@ class DeviceServer:
         self._server: web.Server | None = None
         self._listener: asyncio.AbstractServer | None = None
         self._ctx: ssl.SSLContext | None = None
+        self._http_modes: frozenset[str] = frozenset()
         self._release = asyncio.Event()
         self._reboot_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._cloud_seen_ms = int(time.time() * 1000)
 
     # --- state (no I/O) -------------------------------------------------------------------
 
@@ -123,15 +154,13 @@ class DeviceServer:
         return int(time.monotonic() - self._boot_mono) + self._uptime_offset_s
 
     def snapshot(self) -> list[str]:
-        """Return the active faults as strings such as ``slow 3.0`` or ``unplug camera``."""
+        """Return the active faults as strings such as ``slow 3.0``, ``offline ssh`` or ``unplug camera``."""
         out = [k if v is None else f"{k} {v}" for k, v in self.faults.items()]
-        out += [f"{k} tcp6024" for k in sorted(self.vcapi.faults)] if self.vcapi and not self.faults else []
+        out += [f"{kind} {channel}" for kind, channel in self.channel_faults]
         return out + [f"unplug {kind}" for kind in sorted(self.unplugged)]
 
     def record(self, kind: str, arg: str | None) -> None:
         """Set a validated fault in the state (side effects are :meth:`apply`'s job)."""
-        if kind in CHANNEL_FAULTS and arg == "tcp6024":
-            return  # only the 6024 server is affected
         if kind == "unplug":
             assert arg is not None
             if arg not in self.unplugged:
@@ -140,22 +169,111 @@ class DeviceServer:
                 self._event(SYS, "WARN", "usbd", f"{arg} '{name}' disconnected (USB disconnect)")
                 self._event(APP, "ERROR", "periph", f"{arg} '{name}' state=disconnected")
             return
+        if kind in CHANNEL_FAULTS and arg is not None:
+            self.channel_faults[(kind, arg)] = None
+            return
         self.faults[kind] = arg
         if kind in ("auth-fail", "reboot"):
             self._tokens.clear()
         if kind == "reboot":
             self._event(SYS, "INFO", "system", "reboot requested, restarting")
 
+    def channel_modes(self, channel: str) -> frozenset[str]:
+        """The fault modes that apply to one channel (``http``, ``tcp6024``, ``ssh``, ``snmp``) now."""
+        modes = {kind for kind, target in self.channel_faults if target == channel}
+        if self._down():
+            modes.add("offline")
+        if "hang" in self.faults:
+            modes.add("hang")
+        if channel == "http" and "malformed" in self.faults:
+            modes.add("malformed")
+        if channel == "ssh":
+            modes.update(k for k in ("auth-fail", "hostkey-change") if k in self.faults)
+        return frozenset(modes)
+
+    def _down(self) -> bool:
+        """The whole device is off the network (``offline`` without a channel, or rebooting)."""
+        return "offline" in self.faults or "reboot" in self.faults
+
     def _event(self, file: str, level: str, source: str, message: str) -> None:
         self._events.append(LogEvent(datetime.now(UTC), file, level, source, message))
         del self._events[:-MAX_EVENTS]
         self.send_syslog(level, source, message)
 
+    # --- what the other channels report (loop thread) --------------------------------------------
+
+    def shell_facts(self, with_files: bool = False) -> ShellFacts:
+        """What an SSH command may report; the log files only when asked (they cost an export)."""
+        d = self.desc
+        names = self._peripheral_names()
+        files: dict[str, bytes] = {}
+        if with_files:
+            archive = self._archive()
+            with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+                for member in tar.getmembers():
+                    data = tar.extractfile(member)
+                    if data is not None:
+                        files[f"{LOG_DIR}/{member.name.rsplit('/', 1)[-1]}"] = data.read()
+            files[f"{LOG_DIR}/export.tar.gz"] = archive
+        return ShellFacts(
+            model=d.model,
+            firmware=d.firmware,
+            serial=d.serial,
+            mac=d.mac,
+            hostname=d.hostname,
+            username=d.username,
+            uptime_s=self.uptime_s(),
+            peripherals={kind: (name, kind not in self.unplugged) for kind, name in names.items()},
+            files=files,
+        )
+
+    def snmp_mib(self) -> Mib:
+        """The device's SNMP view (system group and ifTable)."""
+        d = self.desc
+        interfaces = (
+            Interface(1, "lo", 24, "", 10_000_000, True),
+            Interface(2, "eth0", 6, d.mac, 1_000_000_000, True),
+        )
+        return device_mib(
+            model=d.model,
+            firmware=d.firmware,
+            hostname=d.hostname,
+            location=f"{d.site}, {d.room}",
+            uptime_s=self.uptime_s(),
+            interfaces=interfaces,
+        )
+
+    def ymcs_record(self) -> dict[str, Any]:
+        """The device as the mock YMCS lists it: offline while the web interface is off or it hangs,
+        accessories (``parts``) following ``unplug``."""
+        d = self.desc
+        gone = self._down() or "hang" in self.faults or ("offline", "http") in self.channel_faults
+        if not gone:
+            self._cloud_seen_ms = int(time.time() * 1000)
+        now_ms = self._cloud_seen_ms  # the cloud last heard from the device then
+        parts = [
+            {
+                "id": f"{d.id}-{kind}",
+                "mac": "",
+                "sn": f"{d.serial[-8:]}{i:02d}",
+                "modelName": name,
+                "connectWay": "USB",
+                "connStatus": "disconnected" if kind in self.unplugged else "connected",
+                "lanIp": "",
+                "programVersion": d.firmware,
+                "lastReportTime": now_ms,
+            }
+            for i, (kind, name) in enumerate(self._peripheral_names().items(), 1)
+        ]
+        record = device_record(d, status="offline" if gone else "online", parts=parts)
+        record["lastReportTime"] = now_ms
+        return record
+
     # --- syslog to the agent (ASSUMED: the bars' remote syslog follows Yealink's phones) ------
 
     def send_syslog(self, level: str, source: str, message: str) -> None:
         """Send one RFC 5424 message (facility local0) from the device's own address, if enabled."""
-        if self._syslog_sock is None or self._syslog_to is None or not self._listening_wanted():
+        if self._syslog_sock is None or self._syslog_to is None or self._down():
             return
         pri = 16 * 8 + SYSLOG_SEVERITY.get(level, 6)
         stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -189,44 +307,89 @@ class DeviceServer:
         expected = self.profile.peripherals.expected if self.profile.peripherals else ()
         return {kind: names.get(kind, kind) for kind in expected}
 
-    def _listening_wanted(self) -> bool:
-        return "offline" not in self.faults and "reboot" not in self.faults
-
     # --- lifecycle (event loop thread) -------------------------------------------------------
 
     async def start(self) -> None:
-        """Build the TLS context and listen unless a fault says offline.
+        """Build the TLS context and start every channel, each as its faults say.
 
         Raises:
-            OSError: the address or port cannot be bound.
+            OSError: an address or port cannot be bound.
         """
         self._server = web.Server(self._handle, handler_cancellation=True, access_log=None)
         self._release = asyncio.Event()  # bound to this loop (a fleet can be started again)
+        self._http_modes = frozenset()
         self._ctx = server_context(self._cert)
-        if self._listening_wanted():
-            await self._listen()
+        await self._sync_http(strict=True)
         if self.vcapi is not None:
-            if not self._listening_wanted():
-                self.vcapi.faults.add("offline")
+            self.vcapi.faults.clear()
+            self.vcapi.faults.update(self.channel_modes("tcp6024") & set(VCAPI_FAULTS))
             await self.vcapi.start()
-            self.desc = replace(self.desc, vcapi_port=self.vcapi.port)
+        if self.ssh is not None:
+            self.ssh.modes = self.channel_modes("ssh") & frozenset(SSH_FAULTS)
+            await self.ssh.start()
+        if self.snmp is not None:
+            self.snmp.modes = self.channel_modes("snmp") & frozenset(SNMP_FAULTS)
+            await self.snmp.start()
+        self._note_ports()
         if "reboot" in self.faults:
             self._arm_reboot(float(self.faults["reboot"] or DEFAULT_REBOOT_S))
         self._start_syslog()
 
+    def _note_ports(self) -> None:
+        """Copy the channels' bound ports (ephemeral ones are known once listening) into :attr:`desc`."""
+        vcapi = self.vcapi.port if self.vcapi is not None else None
+        ssh = self.ssh.port if self.ssh is not None else None
+        snmp = self.snmp.port if self.snmp is not None else None
+        d = self.desc
+        if (d.vcapi_port, d.ssh_port, d.snmp_port) != (vcapi, ssh, snmp):
+            self.desc = replace(d, vcapi_port=vcapi, ssh_port=ssh, snmp_port=snmp)
+
     async def stop(self) -> None:
-        """Close the listener and drop every connection, hung ones included."""
+        """Close every listener and drop every connection, hung ones included."""
         if self._reboot_timer is not None:
             self._reboot_timer.cancel()
             self._reboot_timer = None
         self._unlisten()
         self._drop_connections()
         self._release.set()
-        if self.vcapi is not None:
-            await self.vcapi.stop()
+        for channel in (self.vcapi, self.ssh, self.snmp):
+            if channel is not None:
+                await channel.stop()
         self._stop_syslog()
         for task in list(self._tasks):
             task.cancel()
+
+    async def _sync(self) -> None:
+        """Tell every channel the fault modes that apply to it now."""
+        await self._sync_http()
+        if self.vcapi is not None:
+            want = self.channel_modes("tcp6024") & set(VCAPI_FAULTS)
+            if want != self.vcapi.faults:
+                await self.vcapi.clear()
+                for fault in sorted(want, key=VCAPI_FAULTS.index):
+                    await self.vcapi.apply(fault)
+        if self.ssh is not None:
+            await self.ssh.set_modes(self.channel_modes("ssh") & frozenset(SSH_FAULTS))
+        if self.snmp is not None:
+            await self.snmp.set_modes(self.channel_modes("snmp") & frozenset(SNMP_FAULTS))
+        self._note_ports()
+
+    async def _sync_http(self, *, strict: bool = False) -> None:
+        modes = self.channel_modes("http")
+        was_hung = "hang" in self._http_modes
+        self._http_modes = modes
+        if "hang" in modes and not was_hung and self._release.is_set():
+            self._release = asyncio.Event()
+        if was_hung and "hang" not in modes:
+            self._drop_connections()
+            self._release.set()
+        if "offline" in modes:
+            self._unlisten()
+            self._drop_connections()
+        elif strict:
+            await self._listen()
+        else:
+            await self._listen_logged()
 
     async def _listen(self) -> None:
         if self._listener is not None or self._server is None:
@@ -252,19 +415,11 @@ class DeviceServer:
                 handler.transport.abort()
 
     async def apply(self, kind: str, arg: str | None) -> None:
-        """Set a validated fault and act on it (close the listener, drop connections, ...)."""
+        """Set a validated fault and act on it (close listeners, drop connections, ...)."""
         self.record(kind, arg)
-        if self.vcapi is not None and arg in (None, "tcp6024") and kind in ("offline", "hang", "reboot"):
-            await self.vcapi.apply("hang" if kind == "hang" else "offline")
-        if kind in CHANNEL_FAULTS and arg == "tcp6024":
-            return
-        if kind in ("offline", "reboot"):
-            self._unlisten()
-            self._drop_connections()
+        await self._sync()
         if kind == "reboot":
             self._arm_reboot(float(arg or DEFAULT_REBOOT_S))
-        if kind == "hang" and self._release.is_set():
-            self._release = asyncio.Event()
         log.info("device=%s fault=%s%s set", self.desc.id, kind, f" {arg}" if arg else "")
 
     def reset(self) -> None:
@@ -276,20 +431,14 @@ class DeviceServer:
             self._event(SYS, "INFO", "usbd", f"{kind} '{name}' detected")
             self._event(APP, "INFO", "periph", f"{kind} '{name}' state=connected")
         self.faults.clear()
+        self.channel_faults.clear()
         self.unplugged.clear()
 
     async def clear(self) -> None:
         """Remove every fault and act on it: listen again, drop hung connections."""
-        hung = "hang" in self.faults
-        had = bool(self.faults or self.unplugged)
+        had = bool(self.faults or self.channel_faults or self.unplugged)
         self.reset()
-        if hung:
-            self._drop_connections()
-            self._release.set()
-        await self._listen_logged()
-        if self.vcapi is not None:
-            had = had or bool(self.vcapi.faults)
-            await self.vcapi.clear()
+        await self._sync()
         if had:
             log.info("device=%s faults cleared", self.desc.id)
 
@@ -314,10 +463,7 @@ class DeviceServer:
     async def _end_reboot(self) -> None:
         self._finish_boot()
         self.faults.pop("reboot", None)
-        if self._listening_wanted():
-            await self._listen_logged()
-            if self.vcapi is not None:
-                await self.vcapi.clear()
+        await self._sync()
         log.info("device=%s reboot finished", self.desc.id)
 
     def _finish_boot(self) -> None:
@@ -331,7 +477,7 @@ class DeviceServer:
     # --- HTTP ------------------------------------------------------------------------------
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        if "hang" in self.faults:
+        if "hang" in self._http_modes:
             await self._release.wait()
             if request.transport is not None:
                 request.transport.abort()
@@ -409,13 +555,21 @@ class DeviceServer:
             if fmap.endpoint == endpoint:
                 set_path(body, fmap.path, self._value(field))
         text = json.dumps(body)
-        if "malformed" in self.faults:
+        if "malformed" in self._http_modes:
             text = text[: max(len(text) // 2, 1)]
         return web.Response(text=text, content_type="application/json")
 
     def _logs(self) -> web.Response:
-        if "malformed" in self.faults:
+        if "malformed" in self._http_modes:
             return web.Response(body=b"<html><body>500 export failed</body></html>", content_type=GZIP)
+        return web.Response(
+            body=self._archive(),
+            content_type=GZIP,
+            headers={"Content-Disposition": f'attachment; filename="{self.desc.hostname}-logs.tar.gz"'},
+        )
+
+    def _archive(self) -> bytes:
+        """The log export (tar.gz with sys.log and app.log) as the device would write it now."""
         names = self._peripheral_names()
         now = datetime.now(UTC)
         d = self.desc
@@ -424,18 +578,13 @@ class DeviceServer:
         if d.model == "MVC" and self.unplugged:
             states = ". ".join(f"{MTR_NAMES.get(k, k)} status : Unhealthy" for k in gone)
             tail.append((SYS, "ERROR", "SRS-App[3001]", f"Hardware check: {states}."))
-        body = build_archive(
+        return build_archive(
             booted_at=now - timedelta(seconds=self.uptime_s()),
             boot=boot_lines(d.model, d.firmware, d.serial, d.mac, names),
             routine=routine_lines(f"hezo-sim:{self._seed}:{self.ident.index}:logs", d.model, self._log_bytes),
             events=list(self._events),
             tail=tail,
             now=now,
-        )
-        return web.Response(
-            body=body,
-            content_type=GZIP,
-            headers={"Content-Disposition": f'attachment; filename="{d.hostname}-logs.tar.gz"'},
         )
 
 

@@ -2,30 +2,39 @@
 
 Usage::
 
-    with Fleet(devices=12, seed=1, port=0) as fleet:
-        fleet.fault("a30-01", "offline")
+    with Fleet(devices=12, seed=1, port=0, ssh_port=0, snmp_port=0, ymcs=True) as fleet:
+        fleet.fault("a30-01", "offline", "ssh")
         ...
+
+SSH sessions run in threads (bounded by :class:`simulator.ssh_server.SshHub`, joined on stop);
+everything else, SNMP and the mock YMCS included, runs on the fleet's one event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import concurrent.futures
 import logging
+import os
+import random
 import socket
+import string
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+import paramiko
 from aiohttp import web
 
 from config.loader import load_profile, profile_name
 from simulator import agentconfig
 from simulator.certs import make_certificate
 from simulator.control import make_app
-from simulator.device import FAULT_KINDS, DeviceServer, parse_fault
+from simulator.device import CHANNELS, FAULT_KINDS, DeviceServer, parse_fault
 from simulator.identity import (
     ADMIN_USER,
     SimDevice,
@@ -34,13 +43,17 @@ from simulator.identity import (
     device_address,
     plan_identities,
 )
+from simulator.snmp_agent import SnmpAgent, SnmpCredentials, SnmpHub
+from simulator.ssh_server import SshHub, SshServer, derived_key, private_key_text
 from simulator.vcapi import VcApiServer
+from simulator.ymcs import MockYmcs
 
-__all__ = ["FAULT_KINDS", "Fleet", "SimDevice"]
+__all__ = ["CHANNELS", "FAULT_KINDS", "Fleet", "SimDevice", "SnmpCredentials"]
 
 log = logging.getLogger("hezo.simulator")
 T = TypeVar("T")
 CALL_TIMEOUT_S = 10.0
+SSH_JOIN_S = 5.0
 
 
 class Fleet:
@@ -57,13 +70,24 @@ class Fleet:
         log_bytes: int = 100_000,
         vcapi_port: int | None = 6024,
         syslog_to: tuple[str, int] | None = None,
+        ssh_port: int | None = None,
+        snmp_port: int | None = None,
+        ymcs: bool = False,
+        ymcs_port: int | None = None,
+        ssh_authorized_keys: Sequence[str] = (),
     ) -> None:
-        """Plan the fleet (identities, certificates); nothing listens until :meth:`start`.
+        """Plan the fleet (identities, certificates, keys); nothing listens until :meth:`start`.
+
+        ``ssh_port``/``snmp_port`` (None: off, 0: ephemeral ports) make every device serve SSH /
+        SNMP on its own address, like ``vcapi_port``; ``ymcs=True`` (or a ``ymcs_port``) starts
+        the mock YMCS cloud listing every device. ``ssh_authorized_keys`` are extra ``type
+        base64`` public keys the devices accept besides :attr:`ssh_client_key`.
 
         Raises:
-            ValueError: a count, port or size out of range.
+            ValueError: a count, port, size or public key out of range.
         """
-        if not 0 <= port <= 65535 or (control_port is not None and not 0 <= control_port <= 65535):
+        channel_ports = (control_port, ssh_port, snmp_port, ymcs_port)
+        if not 0 <= port <= 65535 or any(p is not None and not 0 <= p <= 65535 for p in channel_ports):
             raise ValueError("ports must be 0..65535")
         if log_bytes < 0:
             raise ValueError("log_bytes must not be negative")
@@ -73,6 +97,14 @@ class Fleet:
         if not self.shared_port and port and port + devices - 1 > 65535:
             raise ValueError(f"ports {port}..{port + devices - 1} do not fit below 65536")
         profiles = {m: load_profile(profile_name(m, None)) for m in ("A20", "A30", "MVC")}
+        #: an OpenSSH private key every device accepts (derived from the seed; not a secret)
+        self.ssh_client_key = private_key_text(f"hezo-sim:{seed}:ssh-client")
+        authorized = [derived_key(f"hezo-sim:{seed}:ssh-client"), *_public_keys(ssh_authorized_keys)]
+        #: bounds and joins the SSH session threads, when the fleet serves SSH
+        self.ssh_hub = SshHub() if ssh_port is not None else None
+        self._snmp_hub = SnmpHub(SnmpCredentials.from_seed(seed)) if snmp_port is not None else None
+        #: the v2c community and v3 user every device answers, when the fleet serves SNMP
+        self.snmp = self._snmp_hub.credentials if self._snmp_hub is not None else None
         self._servers: dict[str, DeviceServer] = {}
         for ident in idents:
             if self.shared_port:
@@ -109,7 +141,7 @@ class Fleet:
                     call_state_getter=lambda: "idle",
                     seed=seed,
                 )
-            self._servers[ident.id] = DeviceServer(
+            server = self._servers[ident.id] = DeviceServer(
                 ident,
                 desc,
                 profiles[ident.model],
@@ -119,10 +151,36 @@ class Fleet:
                 vcapi=vcapi,
                 syslog_to=syslog_to,
             )
+            same_port = self.shared_port and port
+            if self.ssh_hub is not None and ssh_port is not None:
+                key_seed = f"hezo-sim:{seed}:{ident.index}:ssh-host"
+                server.ssh = SshServer(
+                    host,
+                    ssh_port if same_port else 0,
+                    hub=self.ssh_hub,
+                    model=ident.model,
+                    username=ADMIN_USER,
+                    password=password,
+                    host_keys=(derived_key(f"{key_seed}:0"), derived_key(f"{key_seed}:1")),
+                    authorized_keys=authorized,
+                    facts=server.shell_facts,
+                )
+            if self._snmp_hub is not None and snmp_port is not None:
+                server.snmp = SnmpAgent(
+                    self._snmp_hub, host, snmp_port if same_port else 0, mib=server.snmp_mib
+                )
         self.devices: list[SimDevice] = [s.desc for s in self._servers.values()]
         self.syslog_to = syslog_to
         self.control_url: str | None = None
         self._control_port = control_port
+        #: the mock YMCS cloud (base_url, client_id, client_secret, ca_path), when enabled
+        self.ymcs: MockYmcs | None = None
+        if ymcs or ymcs_port is not None:
+            self.ymcs = MockYmcs(
+                client_secret=_derived_secret(f"hezo-sim:{seed}:ymcs"),
+                port=ymcs_port or 0,
+                source=lambda: [s.ymcs_record() for s in self._servers.values()],
+            )
         self._control_runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -140,6 +198,8 @@ class Fleet:
             raise RuntimeError("the fleet is already running")
         loop = asyncio.new_event_loop()
         loop.set_exception_handler(_quiet_exceptions)
+        if self.ssh_hub is not None:
+            self.ssh_hub.open()
         self._loop = loop
         self._thread = threading.Thread(target=_run_loop, args=(loop,), name="hezo-sim", daemon=True)
         self._thread.start()
@@ -155,6 +215,8 @@ class Fleet:
         log.info("fleet started devices=%d", len(self._servers))
 
     async def _astart(self) -> None:
+        if self._snmp_hub is not None:
+            await self._snmp_hub.astart()
         for i, server in enumerate(self._servers.values()):
             try:
                 await server.start()
@@ -163,6 +225,8 @@ class Fleet:
                 where = f"device {d.id}: cannot listen on {d.host}:{d.port}"
                 raise OSError(err.errno, f"{where}: {err.strerror}") from err
             self.devices[i] = server.desc
+        if self.ymcs is not None:
+            await self.ymcs.astart()
         if self._control_port is not None:
             runner = web.AppRunner(make_app(self._servers), access_log=None)
             await runner.setup()
@@ -180,6 +244,8 @@ class Fleet:
         try:
             if thread.is_alive():
                 self._call(self._astop(), CALL_TIMEOUT_S)
+            if self.ssh_hub is not None and self.ssh_hub.join(SSH_JOIN_S):
+                log.warning("fleet stop: %d SSH session threads still running", self.ssh_hub.sessions)
         except Exception as err:  # stopping must not raise: report and go on
             log.warning("fleet stop: %s", err)
         finally:
@@ -192,8 +258,15 @@ class Fleet:
         log.info("fleet stopped")
 
     async def _astop(self) -> None:
+        if self.ssh_hub is not None:
+            self.ssh_hub.closing.set()
         for server in self._servers.values():
             await server.stop()
+        if self._snmp_hub is not None:
+            await self._snmp_hub.astop()
+        if self.ymcs is not None:
+            await self.ymcs.astop()
+            self.ymcs.cleanup()
         if self._control_runner is not None:
             await self._control_runner.cleanup()
             self._control_runner = None
@@ -300,6 +373,34 @@ class Fleet:
             self.devices, Path(path), data_dir=data_dir, agent=settings, syslog_to=self.syslog_to
         )
 
+    def write_channel_secrets(self, path: Path) -> dict[str, Path]:
+        """Write the secrets of the enabled channels beside ``path`` (a config file), each 0600.
+
+        ``<stem>.ssh-key`` (the OpenSSH client key every device accepts), ``<stem>.snmp-community``,
+        ``<stem>.snmp-auth-key``, ``<stem>.snmp-priv-key`` and ``<stem>.ymcs-secret``; returns
+        them by name (``ssh_key``, ``snmp_community``, ...).
+
+        Raises:
+            OSError: a file cannot be written.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        secrets: dict[str, str] = {}
+        if self.ssh_hub is not None:
+            secrets["ssh_key"] = self.ssh_client_key
+        if self.snmp is not None:
+            secrets.update(
+                snmp_community=self.snmp.community,
+                snmp_auth_key=self.snmp.auth_key,
+                snmp_priv_key=self.snmp.priv_key,
+            )
+        if self.ymcs is not None:
+            secrets["ymcs_secret"] = self.ymcs.client_secret
+        return {
+            name: _write_private(path.with_name(f"{path.stem}.{name.replace('_', '-')}"), text)
+            for name, text in secrets.items()
+        }
+
 
 def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
     asyncio.set_event_loop(loop)
@@ -322,6 +423,37 @@ def _quiet_exceptions(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) 
         log.debug("loop: %s", context.get("message"))
         return
     log.error("loop: %s (%r)", context.get("message"), exc)
+
+
+def _write_private(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` readable by the owner only (0600), atomically."""
+    partial = path.with_name(f".{path.name}.tmp")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text if text.endswith("\n") else text + "\n")
+    os.replace(partial, path)
+    return path
+
+
+def _derived_secret(seed_key: str) -> str:
+    rng = random.Random(seed_key)
+    return "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(24))
+
+
+def _public_keys(lines: Sequence[str]) -> list[paramiko.PKey]:
+    """Parse ``type base64 [comment]`` public keys (authorized_keys lines).
+
+    Raises:
+        ValueError: a line that is not an SSH public key.
+    """
+    keys = []
+    for line in lines:
+        fields = line.split()
+        try:
+            keys.append(paramiko.PKey.from_type_string(fields[0], base64.b64decode(fields[1], validate=True)))
+        except (IndexError, binascii.Error, paramiko.SSHException, ValueError):
+            raise ValueError(f"not an SSH public key: {line[:40]!r}") from None
+    return keys
 
 
 def free_udp_port(host: str = "127.0.0.1") -> int:

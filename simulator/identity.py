@@ -86,6 +86,8 @@ class SimDevice:
     password: str
     cert_sha256: str
     vcapi_port: int | None = None  # the 6024 control API, when the fleet serves it
+    ssh_port: int | None = None  # SSH (TCP), when the fleet serves it
+    snmp_port: int | None = None  # SNMP (UDP), when the fleet serves it
 
     @property
     def base_url(self) -> str:

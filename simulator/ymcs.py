@@ -63,21 +63,22 @@ class MockYmcs:
         export_syslog_path: str = "/v2/dm/diagnosis/exportSyslog",
         host: str = "127.0.0.1",
         port: int = 0,
+        source: Callable[[], Sequence[Mapping[str, Any]]] | None = None,
     ) -> None:
-        """Prepare the mock (nothing listens until :meth:`start` or :meth:`astart`)."""
+        """Prepare the mock (nothing listens until :meth:`start` or :meth:`astart`).
+
+        ``source``, when given, replaces ``devices``: it is called on the mock's loop for every
+        device lookup and returns the devices as they are now (a simulated fleet's live state).
+        """
         self.client_id = client_id
         self.client_secret = client_secret or "ymcs-" + secrets.token_hex(12)
         self.token_ttl_s = token_ttl_s
         self.export_syslog_path = export_syslog_path
         self.host, self.port = host, port
         self._lock = threading.Lock()
-        self._devices: list[dict[str, Any]] = []
-        self._parts: dict[str, list[dict[str, Any]]] = {}
-        for i, dev in enumerate(devices, 1):
-            item = copy.deepcopy(dict(dev))
-            item.setdefault("id", f"dev-{i:04d}")
-            self._parts[str(item["id"])] = item.pop("parts", [])
-            self._devices.append(item)
+        self._source = source
+        self._status_override: dict[str, str] = {}  # set_device_status overrides
+        self._devices, self._parts = _split_parts(devices)
         self._alarms = [copy.deepcopy(dict(a)) for a in alarms]
         self._tokens: dict[str, float] = {}
         self._nonces: set[str] = set()
@@ -180,6 +181,10 @@ class MockYmcs:
             if not thread.is_alive():
                 loop.close()
         self._loop = self._thread = None
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        """Remove the CA file and its folder (after :meth:`astop`; :meth:`astart` writes them again)."""
         if self._cert_dir is not None:
             self._cert_dir.cleanup()
             self._cert_dir = None
@@ -232,6 +237,10 @@ class MockYmcs:
         Raises:
             KeyError: no device with that id.
         """
+        if self._source is not None:
+            with self._lock:
+                self._status_override[device_id] = status
+            return
         with self._lock:
             next(d for d in self._devices if str(d["id"]) == device_id)["deviceStatus"] = status
 
@@ -314,14 +323,23 @@ class MockYmcs:
         except ValueError:
             return None
 
-    async def _list_devices(self, request: web.Request) -> web.Response:
+    def _current(self) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+        """Copies of the devices and their parts as they are now (from ``source`` when given)."""
+        if self._source is None:
+            with self._lock:
+                return copy.deepcopy(self._devices), copy.deepcopy(self._parts)
+        devices, parts = _split_parts(self._source())
         with self._lock:
-            items = copy.deepcopy(self._devices)
+            for item in devices:
+                item["deviceStatus"] = self._status_override.get(str(item["id"]), item.get("deviceStatus"))
+        return devices, parts
+
+    async def _list_devices(self, request: web.Request) -> web.Response:
+        items, _ = self._current()
         return page_response(await self._json(request), "listDevices", items)
 
     def _find(self, device_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            return next((copy.deepcopy(d) for d in self._devices if str(d["id"]) == device_id), None)
+        return next((d for d in self._current()[0] if str(d["id"]) == device_id), None)
 
     async def _device(self, request: web.Request) -> web.Response:
         found = self._find(request.match_info["id"])
@@ -331,8 +349,7 @@ class MockYmcs:
         device_id = request.match_info["id"]
         if self._find(device_id) is None:
             return error_response(404, "900404", "no such device")
-        with self._lock:
-            items = copy.deepcopy(self._parts.get(device_id, []))
+        items = self._current()[1].get(device_id, [])
         return page_response(await self._json(request), "listParts", items)
 
     async def _list_alarms(self, request: web.Request) -> web.Response:
@@ -372,3 +389,17 @@ class MockYmcs:
         if not signature or request.query.get("signature") != signature:
             return error_response(404, "900404", "no such file")
         return web.Response(body=content, content_type="application/octet-stream")
+
+
+def _split_parts(
+    devices: Sequence[Mapping[str, Any]],
+) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """Deep copies of ``devices`` (ids filled in as ``dev-0001``...) and their ``parts`` by device id."""
+    items: list[dict[str, Any]] = []
+    parts: dict[str, list[dict[str, Any]]] = {}
+    for i, dev in enumerate(devices, 1):
+        item = copy.deepcopy(dict(dev))
+        item.setdefault("id", f"dev-{i:04d}")
+        parts[str(item["id"])] = item.pop("parts", [])
+        items.append(item)
+    return items, parts

@@ -95,20 +95,24 @@ def test_status_and_tickets_on_a_fresh_data_dir(fleet_config: Path) -> None:
     assert json.loads(tickets.stdout) == []
 
 
-def test_demo_json_shows_one_critical_ticket_opened_and_resolved() -> None:
-    result = run("demo", "--json", "--seconds", "55", timeout=90)
+def test_demo_json_shows_an_outage_a_flapping_device_and_a_site_network_outage() -> None:
+    result = run("demo", "--json", "--seconds", "80", timeout=120)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["devices"] >= 10
-    assert summary["tickets_opened"] == 1
-    assert summary["tickets_resolved"] == 1
-    (ticket,) = summary["tickets"]
-    assert ticket["priority"] == "critical"
-    assert ticket["model"] == "A30"
-    assert ticket["problem"] == "offline"
-    assert ticket["status"] == "resolved"
-    assert ticket["serial"] and ticket["contract"] and ticket["device"]
-    assert ticket["attachments"]
+    by_problem = {t["problem"]: t for t in summary["tickets"]}
+    assert sorted(t["problem"] for t in summary["tickets"]) == ["flapping", "offline", "site_network"], (
+        "one ticket per problem: no device tickets during the site outage, no critical cycle while flapping"
+    )
+    offline = by_problem["offline"]
+    assert (offline["priority"], offline["model"], offline["status"]) == ("critical", "A30", "resolved")
+    assert offline["device"] == summary["offline_device"]
+    assert offline["serial"] and offline["contract"] and offline["attachments"]
+    flapping = by_problem["flapping"]
+    assert (flapping["priority"], flapping["device"]) == ("medium", summary["flapping_device"])
+    site = by_problem["site_network"]
+    assert (site["priority"], site["site"], site["status"]) == ("critical", "krakow-office", "resolved")
+    assert summary["tickets_opened"] == 3
 
 
 def test_run_with_unset_password_variable_exits_2_naming_it(fleet: Fleet, tmp_path: Path) -> None:

@@ -232,10 +232,10 @@ def test_recovery_comments_then_resolves_the_same_ticket(harness: Harness) -> No
     assert done.status == "resolved" and done.resolved_at is not None
 
 
-def test_a_second_outage_opens_a_new_ticket(harness: Harness) -> None:
+def test_a_second_outage_after_the_reopen_window_opens_a_new_ticket(harness: Harness) -> None:
     harness.everyone_ok(1)
     harness.run("a30-zarzad", "xxxoo")
-    harness.clock.advance(3600)
+    harness.clock.advance(24 * 3600 + 60)  # the default reopen window is 24 h
     harness.run("a30-zarzad", "xxxxoo")
     kinds = harness.sink.kinds()
     assert kinds == [IntentKind.OPEN, IntentKind.COMMENT, IntentKind.RESOLVE] * 2
@@ -243,6 +243,24 @@ def test_a_second_outage_opens_a_new_ticket(harness: Harness) -> None:
     assert first.ticket_key != second.ticket_key
     assert first.idempotency_key != second.idempotency_key
     assert len(harness.store.incidents()) == 2
+
+
+def test_a_recurrence_within_the_reopen_window_reopens_the_same_ticket(harness: Harness) -> None:
+    harness.everyone_ok(1)
+    harness.run("a30-zarzad", "xxxoo")
+    harness.clock.advance(3600)
+    harness.run("a30-zarzad", "xxxxoo")
+    assert harness.sink.kinds() == [
+        IntentKind.OPEN, IntentKind.COMMENT, IntentKind.RESOLVE,
+        IntentKind.REOPEN, IntentKind.ATTACH, IntentKind.COMMENT, IntentKind.RESOLVE,
+    ]
+    assert len({i.ticket_key for i in harness.sink.intents}) == 1, "one problem, one ticket"
+    keys = [i.idempotency_key for i in harness.sink.intents]
+    assert len(set(keys)) == len(keys), "each life of the ticket has its own idempotency keys"
+    reopen = harness.sink.intents[3]
+    assert "is back" in reopen.body and "offline" in reopen.body
+    (incident,) = harness.store.incidents()
+    assert incident.reopen_count == 1 and incident.status == "resolved"
 
 
 def test_restart_during_outage_resolves_the_same_ticket_without_a_second_open(harness: Harness) -> None:

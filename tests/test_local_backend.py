@@ -224,6 +224,6 @@ def test_registry_builds_local_backend_in_data_dir_or_configured_path(tmp_path: 
 
 
 def test_registry_unknown_backend_lists_supported(tmp_path: Path) -> None:
-    bogus = Ticketing.model_construct(backend="jira")  # bypasses the Literal to reach the factory
-    with pytest.raises(ValueError, match=r"unknown ticket backend 'jira' \(supported: local\)"):
+    bogus = Ticketing.model_construct(backend="bogus")  # bypasses the Literal to reach the factory
+    with pytest.raises(ValueError, match=r"unknown ticket backend 'bogus' \(supported: .*\blocal\b.*\)"):
         build_backend(bogus, tmp_path)

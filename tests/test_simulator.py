@@ -338,7 +338,10 @@ def test_bad_faults_are_refused(fleet: Fleet) -> None:
         with pytest.raises(ValueError):
             fleet.fault(dev.id, kind, arg)
     assert fleet.faults()[dev.id] == []
-    assert set(FAULT_KINDS) == {"offline", "hang", "slow", "reboot", "unplug", "auth-fail", "malformed"}
+    assert set(FAULT_KINDS) == {
+        *("offline", "hang", "slow", "reboot", "unplug", "auth-fail", "malformed"),
+        *("endless", "drip", "garbage", "hostkey-change"),  # SSH and SNMP hostile modes (test_sim_channels)
+    }
 
 
 # --- agent config ------------------------------------------------------------------------------

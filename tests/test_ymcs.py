@@ -20,8 +20,10 @@ import responses
 
 from agent.clock import FakeClock
 from collectors.errors import AuthFailed, DeviceTimeout, DeviceUnreachable, UnexpectedResponse
-from collectors.ymcs import YmcsClient, YmcsProbe, YmcsRateLimited, client_from_settings
+from collectors.ymcs import YmcsClient, YmcsRateLimited, client_from_settings
+from collectors.ymcs_channel import YmcsAccount, YmcsProbe
 from collectors.ymcs_models import YmcsSettings, part_connected, read_client_secret
+from config.loader import ConfigError
 from simulator.identity import SimDevice
 from simulator.ymcs import MockYmcs, device_record
 
@@ -242,7 +244,8 @@ def test_alarms_are_filtered_by_status_on_the_client(
 def test_probe_reports_status_accessories_and_active_alarms(
     cloud: MockYmcs, clock: FakeClock, sleeper: Sleeper
 ) -> None:
-    result = YmcsProbe(client_for(cloud, clock, sleeper), "00-15-65-00-00-00").probe()
+    account = YmcsAccount(client_for(cloud, clock, sleeper))
+    result = YmcsProbe(account, "room-1", [("mac", "00-15-65-00-00-00")]).probe()
     assert (result.channel, result.ok, result.reason) == ("ymcs", True, "ok")
     f = result.fields
     assert f["ymcs_device_status"] == "online" and f["ymcs_device_id"] == "dev-0000"
@@ -254,6 +257,7 @@ def test_probe_reports_status_accessories_and_active_alarms(
         {"event": "MicLost", "level": 1, "level_name": "minor"},
     ]
     assert f["ymcs_alarm_max_level"] == 3 and "Offline (critical)" in result.detail
+    assert "disconnected: VCM36-W" in result.detail
 
 
 def test_probe_maps_offline_pending_and_unknown_devices(
@@ -263,14 +267,17 @@ def test_probe_maps_offline_pending_and_unknown_devices(
     offline = client.probe("801200000001")  # by serial number
     assert (offline.ok, offline.reason, offline.fields["ymcs_device_status"]) == (
         False,
-        "unreachable",
+        "device_unreachable",
         "offline",
     )
+    assert not offline.neutral  # the cloud answered: the device does not reach it
     pending = client.probe("00:15:65:00:00:02")
-    assert (pending.ok, pending.reason) == (False, "unexpected_response")
+    assert (pending.ok, pending.reason, pending.neutral) == (False, "status_unknown", True)
     missing = client.probe("00:15:65:ff:ff:ff")
-    assert (missing.ok, missing.fields) == (False, {"ymcs_found": False})
-    assert "not among the 3 devices" in missing.detail
+    assert (missing.ok, missing.reason, missing.fields) == (False, "not_matched", {"ymcs_found": False})
+    assert missing.neutral and "not among the 3 devices" in missing.detail
+    by_id = client.probe([("ymcs_id", "dev-0002"), ("serial", "nope")])
+    assert by_id.fields["ymcs_device_id"] == "dev-0002"
     cloud.set_device_status("dev-0001", "rebooting")
     assert client.probe("001565000001").fields["ymcs_device_status"] == "unknown"
 
@@ -478,7 +485,7 @@ def test_device_record_feeds_a_fleet_device_to_the_mock(clock: FakeClock, sleepe
     with MockYmcs([device_record(sim, status="offline", parts=parts)]) as cloud:
         result = client_for(cloud, clock, sleeper).probe("801200000042")
     assert (result.reason, result.fields["ymcs_device_id"], result.fields["ymcs_firmware"]) == (
-        "unreachable",
+        "device_unreachable",
         "a30-01",
         "133.15.0.60",
     )
@@ -513,8 +520,13 @@ def test_settings_need_one_url_and_one_secret_source(tmp_path: Path) -> None:
     from_file = YmcsSettings(region="au", client_id="cid", client_secret_file=secret_file)
     assert read_client_secret(from_file) == SECRET
     assert read_client_secret(ok, {"YMCS_SECRET": "s2"}) == "s2"
-    with pytest.raises(ValueError, match="YMCS_SECRET is unset") as info:
+    with pytest.raises(
+        ConfigError, match=r"ymcs\.client_secret_env: environment variable YMCS_SECRET is not set"
+    ):
         read_client_secret(ok, {})
+    secret_file.write_text("\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"ymcs.client_secret_file: .*ymcs.secret is empty") as info:
+        read_client_secret(from_file)
     assert SECRET not in str(info.value)
     assert part_connected("Connected") is True and part_connected("1") is None
 

@@ -13,9 +13,16 @@ from uploader.models import Attachment, Comment, Priority, Ticket, TicketRef
 
 
 class BackendError(Exception):
-    """A backend call failed; ``retryable`` says whether trying again may help."""
+    """A backend call failed; ``retryable`` says whether trying again may help.
+
+    ``retry_after_s`` is the helpdesk's own wait hint (a 429's ``Retry-After``), if it gave one.
+    """
 
     retryable = True
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class BackendRejected(BackendError):
@@ -66,6 +73,17 @@ class TicketBackend(ABC):
     @abstractmethod
     def list_comments(self, ref: TicketRef) -> list[Comment]:
         """Return the ticket's comments, oldest first."""
+
+    def has_attachment(self, ref: TicketRef, name: str, sha256: str, size_bytes: int) -> bool | None:
+        """Return whether the ticket already has this file, or None when the backend cannot tell.
+
+        The outbox asks only after a crash or a lost answer left an upload's outcome unknown;
+        None (the default) means "send it again" (at least once). Optional to implement.
+
+        Raises:
+            BackendError: the lookup failed.
+        """
+        return None
 
     def close(self) -> None:
         """Release connections; the default has nothing to release."""

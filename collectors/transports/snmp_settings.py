@@ -7,13 +7,13 @@ and passes them to :class:`collectors.transports.snmp.SnmpTransport`; nothing he
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from config.base import Strict
 from config.channels import SNMP_PORT, SnmpChannel
+from config.loader import read_secret
 
 __all__ = ["SNMP_PORT", "SnmpChannel", "SnmpSecrets", "read_snmp_secrets"]
 
@@ -40,28 +40,13 @@ def read_snmp_secrets(settings: Strict, where: str, environ: Mapping[str, str] |
         config.loader.ConfigError: a variable is unset/empty or a file is unreadable/empty; each
             line names the ``snmp.*`` key, never the secret.
     """
-    from config.loader import ConfigError  # late: config may import this module
-
-    env = os.environ if environ is None else environ
 
     def read(env_key: str, file_key: str) -> str | None:
         name, file = getattr(settings, env_key, None), getattr(settings, file_key, None)
-        if name is not None:
-            value = env.get(name)
-            if not value:
-                state = "empty" if value == "" else "not set"
-                raise ConfigError(where, [f"snmp.{env_key}: environment variable {name} is {state}"])
-            return value
-        if file is None:
+        if name is None and file is None:
             return None
-        try:
-            text = Path(file).read_text(encoding="utf-8-sig").rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as err:
-            why = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
-            raise ConfigError(where, [f"snmp.{file_key}: cannot read {file} ({why})"]) from None
-        if not text:
-            raise ConfigError(where, [f"snmp.{file_key}: {file} is empty"])
-        return text
+        key = f"snmp.{env_key.removesuffix('_env')}"
+        return read_secret(name, None if file is None else Path(file), key, where, environ=environ)
 
     return SnmpSecrets(
         read("community_env", "community_file"),

@@ -8,7 +8,6 @@ resolves them with :func:`read_secrets` (environment variables or files) and pas
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from config.channels import SSH_PORT, SshChannel, SshCommand, SshLogFile
+from config.loader import read_secret
 
 __all__ = [
     "SSH_PORT",
@@ -51,37 +51,16 @@ def read_secrets(settings: SshChannel, where: str, environ: Mapping[str, str] | 
         config.loader.ConfigError: a variable is unset/empty or a file is missing/unreadable/empty;
             each line names the ``ssh.*`` key, never the secret.
     """
-    from config.loader import ConfigError  # late: config may import this module
 
-    env = os.environ if environ is None else environ
-
-    def from_env(key: str, name: str | None) -> str | None:
-        if name is None:
+    def read(key: str, env: str | None, file: Path | None = None, keep_text: bool = False) -> str | None:
+        if env is None and file is None:
             return None
-        value = env.get(name)
-        if not value:
-            raise ConfigError(
-                where, [f"ssh.{key}: environment variable {name} is {'empty' if value == '' else 'not set'}"]
-            )
-        return value
+        return read_secret(env, file, f"ssh.{key}", where, environ=environ, keep_text=keep_text)
 
-    def from_file(key: str, file: Path | None) -> str | None:
-        if file is None:
-            return None
-        try:
-            value = file.read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as err:
-            why = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
-            raise ConfigError(where, [f"ssh.{key}: cannot read {file} ({why})"]) from None
-        if not value.strip():
-            raise ConfigError(where, [f"ssh.{key}: {file} is empty"])
-        return value.rstrip("\r\n") if key == "password_file" else value
-
-    password = from_env("password_env", settings.password_env) or from_file(
-        "password_file", settings.password_file
-    )
-    key_text = from_env("key_env", settings.key_env) or from_file("key_file", settings.key_file)
-    return SshSecrets(password, key_text, from_env("key_passphrase_env", settings.key_passphrase_env))
+    password = read("password", settings.password_env, settings.password_file)
+    key_text = read("key", settings.key_env, settings.key_file, keep_text=True)
+    passphrase = read("key_passphrase", settings.key_passphrase_env)
+    return SshSecrets(password, key_text, passphrase)
 
 
 def load_private_key(key_text: str, passphrase: str | None = None) -> paramiko.PKey:

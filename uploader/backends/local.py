@@ -253,6 +253,19 @@ class LocalBackend(TicketBackend):
             self._require(ref.id)
             return self._comments(ref.id)
 
+    def has_attachment(self, ref: TicketRef, name: str, sha256: str, size_bytes: int) -> bool | None:
+        """Return True when the ticket already holds a file with this SHA-256 and size.
+
+        Raises:
+            BackendError: the store failed.
+        """
+        with self._guard():
+            row = self._db.execute(
+                "SELECT 1 FROM attachments WHERE ticket_id = ? AND sha256 = ? AND size_bytes = ?",
+                (ref.id, sha256, size_bytes),
+            ).fetchone()
+        return row is not None
+
     def close(self) -> None:
         """Close the database."""
         with self._lock:
