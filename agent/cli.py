@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(tickets)
     tickets.add_argument("--json", action="store_true")
     tickets.add_argument("--open", action="store_true", help="only open tickets")
+
+    outbox = sub.add_parser("outbox", help="show the ticket outbox; retry or drop an intent")
+    _config_arg(outbox)
+    outbox.add_argument("action", nargs="?", choices=("list", "retry", "drop"), default="list",
+                        help="list (default); retry [ID]: release a held helpdesk and send now; drop ID")
+    outbox.add_argument("id", nargs="?", help="intent id (or idempotency key); retry without it = all")
+    outbox.add_argument("--json", action="store_true")
     return parser
 
 
@@ -229,6 +236,60 @@ def cmd_tickets(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_outbox(args: argparse.Namespace) -> int:
+    """Show the ticket outbox, or retry or drop one of its intents."""
+    from agent.clock import SystemClock
+    from agent.daemon import default_data_dir
+    from uploader import outbox_admin
+
+    config = _load(args)
+    data_dir = Path(config.agent.data_dir or default_data_dir())
+    with outbox_admin.opened(data_dir) as (store, spool):
+        if args.action == "list":
+            report = outbox_admin.report(store, config.ticketing.outbox.quota_mb * 1024 * 1024)
+            if args.json:
+                print(json.dumps(report, indent=2, ensure_ascii=False))
+            else:
+                _print_outbox(report)
+            return EXIT_OK
+        if args.action == "drop" and not args.id:
+            print("hezo-agent: outbox drop needs an intent ID (see hezo-agent outbox)", file=sys.stderr)
+            return EXIT_FAIL
+        clock = SystemClock()
+        try:
+            if args.action == "retry":
+                seqs = outbox_admin.retry_intents(store, args.id, clock.now().timestamp())
+                print(f"hezo-agent: {len(seqs)} intent(s) due now; any held helpdesk released")
+            else:
+                gone = outbox_admin.drop_intent(store, spool, args.id, clock.now())
+                print(f"hezo-agent: dropped intent {gone.seq} ({gone.kind} of {gone.ticket_key})")
+        except KeyError:
+            print(f"hezo-agent: no intent {args.id} in the outbox (see hezo-agent outbox)", file=sys.stderr)
+            return EXIT_FAIL
+    return EXIT_OK
+
+
+def _print_outbox(report: dict[str, Any]) -> None:
+    intents = [q for state in ("pending", "rejected", "quarantined") for q in report[state]]
+    _print_table(
+        "hezo-agent outbox",
+        ("id", "state", "priority", "kind", "ticket", "attempts", "next attempt", "reason"),
+        [
+            (str(q["id"]), q["state"], q["priority"], q["kind"], q["ticket_key"], str(q["attempts"]),
+             q["next_attempt_at"] if q["state"] == "pending" else "-", q["reason"] or "-")
+            for q in intents
+        ],
+    )
+    for held in report["held"]:
+        print(f"HELD {held['backend']}: credentials rejected ({held['reason']}); "
+              "fix them, then: hezo-agent outbox retry")
+    if report["alerts"]:
+        _print_table("alerts", ("at", "kind", "ticket", "message"),
+                     [(a["at"], a["kind"], a["ticket_key"] or "-", a["message"]) for a in report["alerts"]])
+    spool = report["spool"]
+    print(f"spool: {spool['used_bytes'] / 1048576:.1f} of {spool['quota_bytes'] / 1048576:.0f} MiB")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the end-to-end demo on a simulated fleet."""
     from agent.demo import run_demo
@@ -241,6 +302,7 @@ COMMANDS = {
     "check": cmd_check,
     "status": cmd_status,
     "tickets": cmd_tickets,
+    "outbox": cmd_outbox,
     "demo": cmd_demo,
 }
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import platformdirs
 
 from agent.clock import Clock, SystemClock
+from agent.finding_watch import FindingWatch
 from agent.flapping import PROBLEM_FLAPPING, FlapStarted, FlapState, FlapStopped, flap_step
 from agent.incidents import IncidentManager, IncidentRules, Problem
 from agent.models import PollOutcome
@@ -82,10 +83,15 @@ def device_sources(config: AgentConfig) -> dict[str, str]:
 
 def incident_rules(config: AgentConfig) -> IncidentRules:
     """The incident manager's rules from the configuration."""
+    incidents = config.incidents
     return IncidentRules(
+        reopen_window=timedelta(hours=incidents.reopen_window_hours),
+        resolve_on_recovery=incidents.on_recovery == "resolve",
         return_days=config.sla.returns.days,
         return_reminder=timedelta(days=config.sla.returns.reminder_days),
         site_network_action=lambda site: config.site(site).site_network.action,
+        site_network_priority=Priority(incidents.priority_of("site_network")),
+        offline_priority=Priority(incidents.priority_of("offline")),
     )
 
 
@@ -178,6 +184,10 @@ class Agent:
             local_alert=self._local_alert,
         )
         self.quiet = QuietJudge(config)
+        self.findings = FindingWatch(
+            config, self.profiles, self.incidents, self.quiet, blackboxes=self.blackboxes,
+            firmware_of=self._known_firmware,
+        )
         self.flaps: dict[str, FlapState] = {dev.id: FlapState.initial() for dev in config.devices}
         self.sites = SiteWatch(
             config,
@@ -241,6 +251,10 @@ class Agent:
                 self._collectors[device_id] = found
             return found
 
+    def _known_firmware(self, device_id: str) -> str | None:
+        known = self.known_facts(device_id)
+        return known.firmware if known is not None else None
+
     def known_facts(self, device_id: str) -> DeviceFacts | None:
         """The identity ``device_id`` last reported (kept across restarts), None if it never answered."""
         found = self.store.facts(device_id)
@@ -282,6 +296,7 @@ class Agent:
         if not liveness.ok:  # a ticket held back opens on a fresh failure once nothing holds it
             self.incidents.review(device_id, state, hold=hold)
         self._on_flap(device_id, flap_event, outcome.at)
+        self.findings.after_poll(outcome)
         if outcome.ok:
             self._refresh_log_if_due(device_id, outcome)
         return next_delay_s(state, self.policy)
@@ -316,7 +331,8 @@ class Agent:
     def _on_flap(self, device_id: str, event: FlapStarted | FlapStopped | None, at: datetime) -> None:
         if isinstance(event, FlapStarted):
             summary = f"{event.percent:.0f}% state change in recent polls (threshold {event.threshold:.0f}%)"
-            problem = Problem(PROBLEM_FLAPPING, Priority.MEDIUM, summary=summary)
+            priority = Priority(self.config.incidents.priority_of(PROBLEM_FLAPPING))
+            problem = Problem(PROBLEM_FLAPPING, priority, summary=summary)
             self.incidents.raise_problem(device_id, problem, at)
             self._emit(at, device_id, "ticket_opened", f"flapping: {summary}")
         elif isinstance(event, FlapStopped):

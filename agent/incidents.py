@@ -91,6 +91,7 @@ class IncidentRules:
     return_reminder: timedelta = timedelta(days=1)
     site_network_action: Callable[[str], str] = field(default=lambda _site: "ticket")
     site_network_priority: Priority = Priority.CRITICAL
+    offline_priority: Priority = Priority.CRITICAL
 
 
 SlaLines = Callable[[Priority, Site, datetime, str], list[str]]
@@ -431,7 +432,7 @@ class IncidentManager:
                 event.first_failure_at,
                 event.reason,
                 problem=None,
-                priority=Priority.CRITICAL,
+                priority=self._rules.offline_priority,
                 attachment=attachment,
                 incident=incident,
                 failures=event.failures,
@@ -447,7 +448,7 @@ class IncidentManager:
             device.id,
             device.site,
             PROBLEM_OFFLINE,
-            Priority.CRITICAL,
+            self._rules.offline_priority,
             event.at,
             ticket,
             self._facts_serial(device.id),

@@ -23,7 +23,7 @@ class Script:
 
     up: bool = True
     serial: str = "803000000001"
-    firmware: str = "133.15.0.20"
+    firmware: str = "133.15.0.42"
     peripherals: tuple[Peripheral, ...] = ()
     uptime_s: int = 3600
     extra: dict[str, Any] = field(default_factory=dict)
@@ -38,8 +38,12 @@ class ScriptedCollector(Collector):
         self.clock = clock
 
     def _facts(self) -> DeviceFacts:
-        return DeviceFacts(model=self.device.model, firmware=self.script.firmware,
-                           serial=self.script.serial, mac="00:15:65:00:00:01")
+        return DeviceFacts(
+            model=self.device.model,
+            firmware=self.script.firmware,
+            serial=self.script.serial,
+            mac="00:15:65:00:00:01",
+        )
 
     def collect_facts(self) -> DeviceFacts:
         if not self.script.up:
@@ -49,8 +53,12 @@ class ScriptedCollector(Collector):
     def collect_health(self) -> HealthSample:
         facts = self.collect_facts()
         return HealthSample(
-            self.device.id, self.clock.now(), facts, uptime_s=self.script.uptime_s,
-            peripherals=self.script.peripherals, checks=(CheckResult("https_api", True, 12.0),),
+            self.device.id,
+            self.clock.now(),
+            facts,
+            uptime_s=self.script.uptime_s,
+            peripherals=self.script.peripherals,
+            checks=(CheckResult("https_api", True, 12.0),),
         )
 
     def collect_logs(self, dest_dir: Path) -> LogBundle:
@@ -67,15 +75,14 @@ def site(name: str, canaries: list[dict[str, Any]] | None = None, **extra: Any) 
     }
 
 
-def scripted_agent(
-    tmp_path: Path, raw: dict[str, Any], clock: FakeClock
-) -> tuple[Agent, dict[str, Script]]:
+def scripted_agent(tmp_path: Path, raw: dict[str, Any], clock: FakeClock) -> tuple[Agent, dict[str, Script]]:
     """Build an Agent over ``raw`` config whose devices are all scripted (all up at first)."""
     raw.setdefault("agent", {}).update({"data_dir": str(tmp_path / "data"), "language": "en"})
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
     config = load_config(path)
     scripts = {d.id: Script(serial=f"80300000{i:04d}") for i, d in enumerate(config.devices)}
-    agent = Agent(config, clock=clock,
-                  collector_factory=lambda dev: ScriptedCollector(dev, scripts[dev.id], clock))
+    agent = Agent(
+        config, clock=clock, collector_factory=lambda dev: ScriptedCollector(dev, scripts[dev.id], clock)
+    )
     return agent, scripts

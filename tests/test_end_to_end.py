@@ -171,13 +171,20 @@ def test_web_ui_down_while_6024_answers_is_degraded_not_an_outage(fleet: Fleet, 
         assert outcome.ok and outcome.sample is not None
         assert outcome.sample.failing_channels == ("http",)
         assert agent.states[target.id].health == Health.UP
-        assert local_backend(agent).tickets() == []
+        agent.dispatcher.flush()
+        (degraded,) = local_backend(agent).tickets()
+        assert (degraded.priority, degraded.fields["problem"]) == ("medium", "channel_down"), (
+            "a channel down while others answer is medium, never an offline ticket"
+        )
+        assert "http" in degraded.title or "http" in degraded.body
 
         fleet.fault(target.id, "offline")  # now silent on every channel: an outage
         for _ in range(3):
             agent.poll_once(target.id)
             clock.advance(10)
-        (ticket,) = local_backend(agent).tickets()
+        agent.dispatcher.flush()
+        offline = [t for t in local_backend(agent).tickets() if t.fields["problem"] == "offline"]
+        (ticket,) = offline
         assert ticket.priority == "critical" and "tcp6024" in ticket.body
     finally:
         agent.stop()

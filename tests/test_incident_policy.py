@@ -7,6 +7,7 @@ check the invariants over random poll histories.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,8 +21,11 @@ from scripted import scripted_agent, site
 
 from agent.clock import FakeClock
 from agent.daemon import Agent
+from agent.incidents import Problem
 from agent.state import Health
+from collectors.models import Peripheral
 from uploader.backends.local import LocalBackend, LocalTicket
+from uploader.models import Priority
 
 # a Monday 10:00 in Warsaw (09:00 UTC), outside any DST switch
 MONDAY = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -29,8 +33,13 @@ MONDAY = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 
 def devices(site_name: str, n: int, model: str = "A30", start: int = 1) -> list[dict[str, Any]]:
     return [
-        {"id": f"{site_name}-{i}", "room": f"Room {i}", "site": site_name, "model": model,
-         "host": f"127.0.9.{i}"}
+        {
+            "id": f"{site_name}-{i}",
+            "room": f"Room {i}",
+            "site": site_name,
+            "model": model,
+            "host": f"127.0.9.{i}",
+        }
         for i in range(start, start + n)
     ]
 
@@ -276,3 +285,86 @@ def test_a_site_wide_outage_yields_one_incident(tmp_path_factory: Any, n: int, o
             assert [t.fields["problem"] for t in tickets(agent)] == ["site_network"]
         finally:
             agent.stop()
+
+
+# --- problems beyond offline, and configurable rules ------------------------------------------
+
+PLUGGED = tuple(
+    Peripheral(kind, f"{kind} 1", True) for kind in ("camera", "microphone", "speaker", "touch_panel")
+)
+
+
+def test_an_unplugged_camera_is_one_medium_ticket_resolved_when_plugged_back(tmp_path: Path) -> None:
+    clock = FakeClock(MONDAY)
+    agent, scripts = scripted_agent(tmp_path, {"sites": [site("hq")], "devices": devices("hq", 1)}, clock)
+    try:
+        scripts["hq-1"].peripherals = PLUGGED
+        for _ in range(3):
+            poll_round(agent, clock)
+        assert tickets(agent) == []
+        scripts["hq-1"].peripherals = tuple(
+            dataclasses.replace(p, connected=p.kind != "camera") for p in PLUGGED
+        )
+        for _ in range(6):
+            poll_round(agent, clock)
+        (ticket,) = tickets(agent)
+        assert (ticket.fields["problem"], str(ticket.priority), ticket.status) == (
+            "peripheral",
+            "medium",
+            "open",
+        )
+        assert "camera" in ticket.key and "peripheral disconnected" in ticket.title
+        scripts["hq-1"].peripherals = PLUGGED
+        for _ in range(4):
+            poll_round(agent, clock)
+        (ticket,) = tickets(agent)
+        assert ticket.status == "resolved"
+    finally:
+        agent.stop()
+
+
+def test_offline_priority_and_comment_only_recovery_come_from_the_config(tmp_path: Path) -> None:
+    clock = FakeClock(MONDAY)
+    raw = {
+        "incidents": {"offline": {"priority": "medium"}, "on_recovery": "comment"},
+        "sites": [site("hq")],
+        "devices": devices("hq", 1),
+    }
+    agent, scripts = scripted_agent(tmp_path, raw, clock)
+    try:
+        poll_round(agent, clock)
+        scripts["hq-1"].up = False
+        for _ in range(4):
+            poll_round(agent, clock, 10)
+        scripts["hq-1"].up = True
+        for _ in range(3):
+            poll_round(agent, clock, 10)
+        (ticket,) = tickets(agent)
+        assert str(ticket.priority) == "medium" and ticket.title.startswith("[medium]")
+        assert ticket.status == "open", "on_recovery: comment leaves the ticket to the service desk"
+        assert any("recovered" in body for body in comment_bodies(agent, ticket.key))
+    finally:
+        agent.stop()
+
+
+def test_escalation_moves_the_priority_of_the_same_open_ticket(tmp_path: Path) -> None:
+    clock = FakeClock(MONDAY)
+    agent, _scripts = scripted_agent(tmp_path, {"sites": [site("hq")], "devices": devices("hq", 1)}, clock)
+    try:
+        poll_round(agent, clock)
+        slow = Problem("slow", Priority.LOW, summary="answers in 4 s")
+        agent.incidents.raise_problem("hq-1", slow, clock.now())
+        clock.advance(3600)
+        agent.incidents.raise_problem(
+            "hq-1", dataclasses.replace(slow, priority=Priority.MEDIUM), clock.now()
+        )
+        (ticket,) = tickets(agent)
+        assert str(ticket.priority) == "medium", "escalated in place, not a second ticket"
+        assert any(
+            "Priority changed from low to medium" in body for body in comment_bodies(agent, ticket.key)
+        )
+        agent.incidents.change_priority("hq-1", "slow", Priority.LOW, clock.now(), "faster again")
+        (ticket,) = tickets(agent)
+        assert str(ticket.priority) == "low"
+    finally:
+        agent.stop()
