@@ -79,15 +79,28 @@ class StoredTicket:
 
     def to_json(self) -> dict[str, Any]:
         """Return the API's view of the ticket."""
-        return {"id": self.id, "external_id": self.external_id, "title": self.title, "body": self.body,
-                "priority": self.priority, "status": self.status, "attachments": self.attachments}
+        return {
+            "id": self.id,
+            "external_id": self.external_id,
+            "title": self.title,
+            "body": self.body,
+            "priority": self.priority,
+            "status": self.status,
+            "attachments": self.attachments,
+        }
 
 
 class FakeHelpdesk:
     """The server and its state (see the module docstring)."""
 
-    def __init__(self, *, token: str = "s3cret-token", now: Callable[[], datetime] | None = None,
-                 read_chunk_bytes: int = 1 << 20, read_delay_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        token: str = "s3cret-token",
+        now: Callable[[], datetime] | None = None,
+        read_chunk_bytes: int = 1 << 20,
+        read_delay_s: float = 0.0,
+    ) -> None:
         self.token = token
         self.now = now or (lambda: datetime.now(UTC))
         self.read_chunk_bytes = read_chunk_bytes
@@ -180,8 +193,13 @@ class FakeHelpdesk:
             return 422, {"error": "title: can't be blank"}
         if any(t.external_id == data["external_id"] for t in self.tickets.values()):
             return 409, {"error": "external_id already used"}
-        ticket = StoredTicket(id=str(1000 + len(self.tickets)), external_id=data["external_id"],
-                              title=data["title"], body=data["body"], priority=data["priority"])
+        ticket = StoredTicket(
+            id=str(1000 + len(self.tickets)),
+            external_id=data["external_id"],
+            title=data["title"],
+            body=data["body"],
+            priority=data["priority"],
+        )
         for att in data.get("attachments", []):
             ticket.attachments.append(_stored_file(att["name"], base64.b64decode(att["data_b64"])))
         self.tickets[ticket.id] = ticket
@@ -225,8 +243,9 @@ def _handler_for(desk: FakeHelpdesk) -> type[BaseHTTPRequestHandler]:
                 desk.hook("committed", req)
             self._send(status, answer, extra)
 
-        def _answer(self, req: Recorded, body: bytes, query: dict[str, list[str]]
-                    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        def _answer(
+            self, req: Recorded, body: bytes, query: dict[str, list[str]]
+        ) -> tuple[int, dict[str, Any], dict[str, str]]:
             if self.headers.get("Authorization") != f"Bearer {desk.token}":
                 return 401, {"error": "invalid token", "token": self.headers.get("Authorization", "")}, {}
             with desk.lock:
@@ -315,10 +334,17 @@ class FakeHelpdeskBackend(TicketBackend):
 
     def open(self, ticket: Ticket, attachments: Sequence[Attachment] = ()) -> TicketRef:
         """Create the ticket and its attachments in one request, with an Idempotency-Key."""
-        files = [{"name": a.name, "data_b64": base64.b64encode(Path(a.path).read_bytes()).decode()}
-                 for a in attachments]
-        payload = {"external_id": ticket.key, "title": ticket.title, "body": ticket.body,
-                   "priority": str(ticket.priority), "attachments": files}
+        files = [
+            {"name": a.name, "data_b64": base64.b64encode(Path(a.path).read_bytes()).decode()}
+            for a in attachments
+        ]
+        payload = {
+            "external_id": ticket.key,
+            "title": ticket.title,
+            "body": ticket.body,
+            "priority": str(ticket.priority),
+            "attachments": files,
+        }
         key = '"open-' + hashlib.sha256(ticket.key.encode()).hexdigest()[:24] + '"'
         answer = self._call("POST", "/api/tickets", json=payload, headers={"Idempotency-Key": key})
         return TicketRef(self.name, answer["id"])
@@ -330,8 +356,13 @@ class FakeHelpdeskBackend(TicketBackend):
     def attach(self, ref: TicketRef, attachment: Attachment) -> None:
         """Upload one file."""
         data = Path(attachment.path).read_bytes()
-        self._call("POST", f"/api/tickets/{ref.id}/attachments", params={"name": attachment.name}, data=data,
-                   headers={"Content-Type": attachment.content_type})
+        self._call(
+            "POST",
+            f"/api/tickets/{ref.id}/attachments",
+            params={"name": attachment.name},
+            data=data,
+            headers={"Content-Type": attachment.content_type},
+        )
 
     def set_priority(self, ref: TicketRef, priority: Priority, body: str) -> None:
         """Change the priority with a comment."""
@@ -367,15 +398,28 @@ CRASH_TICKET = "site1/bar1/offline/1"
 
 def crash_intents(big: Path, small: Path) -> list[Intent]:
     """The upload the crash test repeats: a ticket with a big file, then its follow-ups."""
-    ticket = Ticket(CRASH_TICKET, "[P1] A30 offline", "The bar stopped answering.", Priority.CRITICAL,
-                    {"device": "bar1"})
+    ticket = Ticket(
+        CRASH_TICKET, "[P1] A30 offline", "The bar stopped answering.", Priority.CRITICAL, {"device": "bar1"}
+    )
     k, p = CRASH_TICKET, Priority.CRITICAL
     return [
-        Intent(IntentKind.OPEN, k, f"{k}:open", p, ticket=ticket,
-               attachments=(Attachment("bundle.tar.gz", big, "application/gzip"),)),
+        Intent(
+            IntentKind.OPEN,
+            k,
+            f"{k}:open",
+            p,
+            ticket=ticket,
+            attachments=(Attachment("bundle.tar.gz", big, "application/gzip"),),
+        ),
         Intent(IntentKind.COMMENT, k, f"{k}:note-1", p, body="Still down after 10 minutes."),
-        Intent(IntentKind.ATTACH, k, f"{k}:attach-1", p, body="Black box attached.",
-               attachments=(Attachment("blackbox.log", small, "text/plain"),)),
+        Intent(
+            IntentKind.ATTACH,
+            k,
+            f"{k}:attach-1",
+            p,
+            body="Black box attached.",
+            attachments=(Attachment("blackbox.log", small, "text/plain"),),
+        ),
         Intent(IntentKind.SET_PRIORITY, k, f"{k}:priority-medium", Priority.MEDIUM, body="Partly back."),
         Intent(IntentKind.RESOLVE, k, f"{k}:recovered", p, body="Recovered."),
     ]
@@ -385,8 +429,14 @@ def _worker(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
     backend = FakeHelpdeskBackend(args.url, args.token, timeout_s=10.0)
     data = Path(args.data)
-    outbox = Outbox(backend, data / "outbox.sqlite", clock=SystemClock(), spool_dir=data / "spool",
-                    base_backoff_s=0.05, max_backoff_s=0.2)
+    outbox = Outbox(
+        backend,
+        data / "outbox.sqlite",
+        clock=SystemClock(),
+        spool_dir=data / "spool",
+        base_backoff_s=0.05,
+        max_backoff_s=0.2,
+    )
     for intent in crash_intents(Path(args.big), Path(args.small)):
         outbox.submit(intent)
     deadline = time.monotonic() + args.deadline_s
@@ -413,6 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker.add_argument("--deadline-s", type=float, default=20.0)
     args = parser.parse_args(argv)
     return _worker(args)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,10 +25,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
-import re
+import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -41,18 +40,21 @@ from uploader.base import BackendAuthError, BackendError, TicketBackend
 from uploader.intents import Intent, IntentKind
 from uploader.models import Attachment, TicketRef
 from uploader.outbox_admin import drop_intent, outbox_paths, retry_intents
-from uploader.outbox_store import (
-    RANKS,
+from uploader.outbox_intake import Intake
+from uploader.outbox_models import (
     BackendHealth,
     IntentRow,
     OutboxAlert,
-    OutboxStore,
     QueuedFile,
     QueuedIntent,
     intent_from_json,
+    intent_marker,
     intent_to_json,
+    redact,
+    with_marker,
 )
-from uploader.spool import Spool, SpoolError, Staged, plan_eviction
+from uploader.outbox_store import OutboxStore
+from uploader.spool import Spool
 
 if TYPE_CHECKING:
     from config.schema import OutboxSettings
@@ -75,45 +77,6 @@ log = logging.getLogger("hezo.outbox")
 MiB = 1024 * 1024
 DEFAULT_QUOTA_BYTES = 512 * MiB
 MAX_RETRY_AFTER_S = 3600.0
-_QUOTE_CHARS = 400
-_SECRET_PATTERNS = (
-    (
-        re.compile(r"(?i)\b(authorization|proxy-authorization|cookie|set-cookie)(\"?\s*[:=]\s*)[^\r\n,;}]+"),
-        r"\1\2***",
-    ),
-    (re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{6,}"), r"\1 ***"),
-    (
-        re.compile(
-            r"(?i)(\"?\b(?:password|passwd|pwd|secret|client_secret|token|access_token|refresh_token"
-            r"|api[_-]?key|apikey|api[_-]?token)\b\"?\s*[:=]\s*)(\"[^\"]*\"|'[^']*'|[^\s,&;}]+)"
-        ),
-        r"\1***",
-    ),
-    (
-        re.compile(r"(?i)([?&](?:password|token|api[_-]?key|apikey|sig|signature|access_token)=)[^&\s]+"),
-        r"\1***",
-    ),
-    (re.compile(r"://[^/\s:@]+:[^/\s@]+@"), "://***@"),
-)
-
-
-def redact(text: str) -> str:
-    """Return ``text`` without anything that looks like a credential, at most 400 characters."""
-    for pattern, repl in _SECRET_PATTERNS:
-        text = pattern.sub(repl, text)
-    text = " ".join(text.split())
-    return text if len(text) <= _QUOTE_CHARS else text[:_QUOTE_CHARS] + "…"
-
-
-def intent_marker(idempotency_key: str) -> str:
-    """Return the marker that ends every body the outbox sends for this intent."""
-    return "[hezo:" + hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()[:16] + "]"
-
-
-def with_marker(body: str, idempotency_key: str) -> str:
-    """Return ``body`` with the intent's marker on a line of its own at the end."""
-    marker = intent_marker(idempotency_key)
-    return f"{body.rstrip()}\n\n{marker}" if body.strip() else marker
 
 
 class _Outcome(Enum):
@@ -171,6 +134,7 @@ class Outbox:
         state_path = Path(state_path)
         self.store = OutboxStore(state_path)
         self.spool = Spool(spool_dir or state_path.parent / f"{state_path.stem}-spool")
+        self._intake = Intake(self.store, self.spool, clock, quota_bytes)
         self._deliver_lock = threading.Lock()
         self._active_seq: int | None = None
         self._held_logged = False
@@ -217,17 +181,15 @@ class Outbox:
         if self.store.is_known(key):
             log.info("event=intent_duplicate key=%s ticket_key=%s", key, intent.ticket_key)
             return
-        staged = [self._stage(att) for att in intent.attachments]
+        staged = self._intake.stage(intent)
         try:
             with self.store.lock:
                 if self.store.is_known(key):
                     log.info("event=intent_duplicate key=%s ticket_key=%s", key, intent.ticket_key)
                     return
-                seq = self._store_intent(intent, staged)
+                seq = self._intake.commit(intent, staged, self._active_seq)
         finally:
-            for _att, item in staged:
-                if isinstance(item, Staged):
-                    Spool.discard(item)
+            self._intake.discard(staged)
         log.info(
             "event=intent_queued id=%d kind=%s ticket_key=%s priority=%s key=%s attachments=%d",
             seq,
@@ -237,103 +199,10 @@ class Outbox:
             key,
             len(intent.attachments),
         )
-        self._try_flush()
-
-    def _stage(self, att: Attachment) -> tuple[Attachment, Staged | str]:
         try:
-            return att, self.spool.stage(Path(att.path))
-        except SpoolError as err:
-            return att, str(err)
-
-    def _store_intent(self, intent: Intent, staged: list[tuple[Attachment, Staged | str]]) -> int:
-        """Insert the intent and its spooled files in one transaction; return its id."""
-        now = self._clock.now()
-        payload = intent_to_json(replace(intent, attachments=()))
-        removable: list[str] = []
-        with self.store.transaction() as db:
-            seq = self.store.insert_intent(db, intent, payload, now)
-            for position, (att, item) in enumerate(staged):
-                file = self._place(db, seq, intent, att, item, removable)
-                self.store.add_file(db, seq, position, file)
-        for sha in removable:
-            self.spool.remove(sha)
-        return seq
-
-    def _place(
-        self, db: Any, seq: int, intent: Intent, att: Attachment, item: Staged | str, removable: list[str]
-    ) -> QueuedFile:
-        """Keep one staged file in the spool if the quota allows (evicting lower priority files)."""
-        if isinstance(item, str):
-            return self._lost_file(db, seq, intent, att, "missing", f"not found when queued ({item})")
-        if self.spool.has(item.sha256) and self.store.sha_used(db, item.sha256):
-            return QueuedFile(att.name, att.content_type, item.sha256, item.size_bytes, "spooled")
-        entries = self.store.spool_entries(db, self._active_seq)
-        victims = plan_eviction(
-            entries, need_bytes=item.size_bytes, quota_bytes=self.quota_bytes, rank=RANKS[intent.priority]
-        )
-        if victims is None:
-            note = f"left out: the outbox disk quota ({self.quota_bytes // MiB} MiB) is full"
-            return self._lost_file(db, seq, intent, att, "dropped", note, item)
-        for sha in victims:
-            self._evict(db, sha, intent)
-            removable.append(sha)
-        try:
-            self.spool.keep(item)
-        except SpoolError as err:
-            return self._lost_file(db, seq, intent, att, "dropped", f"left out: {err}", item)
-        return QueuedFile(att.name, att.content_type, item.sha256, item.size_bytes, "spooled")
-
-    def _lost_file(
-        self,
-        db: Any,
-        seq: int,
-        intent: Intent,
-        att: Attachment,
-        state: str,
-        note: str,
-        item: Staged | None = None,
-    ) -> QueuedFile:
-        message = f"attachment {att.name} of {intent.kind} for {intent.ticket_key}: {note}"
-        log.error(
-            "alert=outbox_attachment_%s ticket_key=%s name=%s note=%s",
-            state,
-            intent.ticket_key,
-            att.name,
-            note,
-        )
-        self.store.alert(
-            "attachment_" + state, message, self._clock.now(), ticket_key=intent.ticket_key, seq=seq, db=db
-        )
-        return QueuedFile(
-            att.name,
-            att.content_type,
-            item.sha256 if item else None,
-            item.size_bytes if item else 0,
-            state,
-            note,
-        )
-
-    def _evict(self, db: Any, sha256: str, newcomer: Intent) -> None:
-        note = (
-            f"evicted: the outbox disk quota ({self.quota_bytes // MiB} MiB) was full and a "
-            f"{newcomer.priority} intent needed the room"
-        )
-        for seq, ticket_key, name in self.store.evict(db, sha256, note):
-            log.error(
-                "alert=outbox_quota_evicted ticket_key=%s name=%s sha256=%s for=%s",
-                ticket_key,
-                name,
-                sha256[:12],
-                newcomer.ticket_key,
-            )
-            self.store.alert(
-                "quota_evicted",
-                f"attachment {name} of {ticket_key}: {note}",
-                self._clock.now(),
-                ticket_key=ticket_key,
-                seq=seq,
-                db=db,
-            )
+            self._try_flush()
+        except (sqlite3.Error, OSError) as err:  # queued is queued: the next flush tries again
+            log.error("event=outbox_flush_failed error=%s", err)
 
     # --- delivery --------------------------------------------------------------------------
 

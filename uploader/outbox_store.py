@@ -15,21 +15,19 @@ commands, so both see the same queue. Tables:
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from uploader.intents import Intent, IntentKind
-from uploader.models import Attachment, Priority, Ticket, TicketRef
+from uploader.models import Priority, TicketRef
+from uploader.outbox_models import RANKS, BackendHealth, IntentRow, OutboxAlert, QueuedFile, QueuedIntent
 from uploader.spool import SpoolEntry
 
-RANKS: dict[Priority, int] = {Priority.CRITICAL: 0, Priority.MEDIUM: 1, Priority.LOW: 2}
 #: files of rejected or quarantined intents are evicted before those of any pending one
 _STALE_RANK = 9
 _KEEP_ALERTS = 500
@@ -91,192 +89,6 @@ CREATE TABLE IF NOT EXISTS alerts (
     message TEXT NOT NULL
 );
 """
-
-
-def intent_to_json(intent: Intent) -> str:
-    """Serialise an intent (attachments as paths, not bytes)."""
-    ticket = intent.ticket
-    return json.dumps(
-        {
-            "kind": str(intent.kind),
-            "ticket_key": intent.ticket_key,
-            "idempotency_key": intent.idempotency_key,
-            "priority": str(intent.priority),
-            "ticket": None
-            if ticket is None
-            else {
-                "key": ticket.key,
-                "title": ticket.title,
-                "body": ticket.body,
-                "priority": str(ticket.priority),
-                "fields": ticket.fields,
-            },
-            "body": intent.body,
-            "attachments": [
-                {"name": a.name, "path": str(a.path), "content_type": a.content_type}
-                for a in intent.attachments
-            ],
-        },
-        default=str,
-        ensure_ascii=False,
-    )
-
-
-def intent_from_json(text: str) -> Intent:
-    """Rebuild an intent serialised by :func:`intent_to_json`.
-
-    Raises:
-        ValueError: not JSON, or a field is missing or has a wrong value (``KeyError`` and
-            ``TypeError`` are turned into this too).
-    """
-    try:
-        data = json.loads(text)
-        raw_ticket = data["ticket"]
-        ticket = (
-            None
-            if raw_ticket is None
-            else Ticket(
-                key=str(raw_ticket["key"]),
-                title=str(raw_ticket["title"]),
-                body=str(raw_ticket["body"]),
-                priority=Priority(raw_ticket["priority"]),
-                fields=dict(raw_ticket["fields"]),
-            )
-        )
-        return Intent(
-            kind=IntentKind(data["kind"]),
-            ticket_key=str(data["ticket_key"]),
-            idempotency_key=str(data["idempotency_key"]),
-            priority=Priority(data["priority"]),
-            ticket=ticket,
-            body=str(data["body"]),
-            attachments=tuple(
-                Attachment(name=a["name"], path=Path(a["path"]), content_type=a["content_type"])
-                for a in data["attachments"]
-            ),
-        )
-    except (KeyError, TypeError, AttributeError) as err:
-        raise ValueError(f"{type(err).__name__}: {err}") from None
-
-
-@dataclass(frozen=True, slots=True)
-class QueuedFile:
-    """One attachment of a queued intent: spooled, or why it will not be sent."""
-
-    name: str
-    content_type: str
-    sha256: str | None
-    size_bytes: int
-    state: str
-    note: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """Return a JSON-ready dict."""
-        return {
-            "name": self.name,
-            "sha256": self.sha256,
-            "size_bytes": self.size_bytes,
-            "state": self.state,
-            "note": self.note,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class QueuedIntent:
-    """An intent waiting in (or rejected or quarantined from) the outbox, as the CLI shows it."""
-
-    seq: int
-    kind: IntentKind
-    ticket_key: str
-    idempotency_key: str
-    priority: Priority
-    state: str
-    attempts: int
-    next_attempt_at: datetime
-    last_error: str | None
-    created_at: datetime
-    inflight: bool = False
-    files: tuple[QueuedFile, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        """Return a JSON-ready dict for ``hezo-agent outbox --json``."""
-        return {
-            "id": self.seq,
-            "kind": str(self.kind),
-            "ticket_key": self.ticket_key,
-            "idempotency_key": self.idempotency_key,
-            "priority": str(self.priority),
-            "state": self.state,
-            "attempts": self.attempts,
-            "next_attempt_at": self.next_attempt_at.isoformat(),
-            "in_flight": self.inflight,
-            "reason": self.last_error,
-            "created_at": self.created_at.isoformat(),
-            "files": [f.to_json() for f in self.files],
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class BackendHealth:
-    """A backend's delivery health: consecutive failures, its retry gate, a credentials hold."""
-
-    name: str
-    failures: int = 0
-    next_attempt_at: float = 0.0
-    held: bool = False
-    hold_reason: str | None = None
-    held_since: datetime | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """Return a JSON-ready dict."""
-        return {
-            "backend": self.name,
-            "held": self.held,
-            "reason": self.hold_reason,
-            "held_since": self.held_since.isoformat() if self.held_since else None,
-            "failures": self.failures,
-            "next_attempt_at": datetime.fromtimestamp(self.next_attempt_at, UTC).isoformat(),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxAlert:
-    """A local alert raised by the outbox."""
-
-    id: int
-    at: datetime
-    kind: str
-    ticket_key: str | None
-    intent_seq: int | None
-    message: str
-
-    def to_json(self) -> dict[str, Any]:
-        """Return a JSON-ready dict."""
-        return {
-            "id": self.id,
-            "at": self.at.isoformat(),
-            "kind": self.kind,
-            "ticket_key": self.ticket_key,
-            "intent_id": self.intent_seq,
-            "message": self.message,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class IntentRow:
-    """The columns delivery needs from one ``intents`` row."""
-
-    seq: int
-    idempotency_key: str
-    ticket_key: str
-    kind: str
-    rank: int
-    payload: str
-    state: str
-    attempts: int
-    steps_done: int
-    inflight_step: int | None
-    next_attempt_at: float
 
 
 class OutboxStore:
