@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from agent.cli_install import INSTALL_COMMANDS
 from config.loader import ConfigError, load_config
 from config.schema import AgentConfig
 from uploader.base import BackendError
@@ -43,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the agent until Ctrl+C or SIGTERM")
     _config_arg(run)
+    run.add_argument("--log-file", type=Path, help="rotating log file (default: the user log folder)")
+    run.add_argument("--log-format", choices=("text", "json"), default="text", help="json: one object a line")
 
     check = sub.add_parser("check", help="validate the config and probe every device once")
     _config_arg(check)
@@ -63,6 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="list (default); retry [ID]: release a held helpdesk and send now; drop ID")
     outbox.add_argument("id", nargs="?", help="intent id (or idempotency key); retry without it = all")
     outbox.add_argument("--json", action="store_true")
+
+    from agent.cli_bundle import add_audit_parser, add_collect_parser
+
+    add_collect_parser(sub, _config_arg)
+    add_audit_parser(sub, _config_arg)
+
+    from agent.cli_api import add_api_parser
+
+    add_api_parser(sub, _config_arg)
+
+    from agent.cli_install import add_install_parsers
+
+    add_install_parsers(sub)
     return parser
 
 
@@ -84,11 +100,32 @@ def _load(args: argparse.Namespace) -> AgentConfig:
     return config
 
 
+def _run_logging(args: argparse.Namespace, config: AgentConfig) -> Callable[[], None]:
+    """Log of ``run``: stderr plus a file rotating by size, as text or JSON lines, secrets masked.
+
+    Returns the function that removes the masking again (tests; ``run`` keeps it to the end).
+    """
+    from agent.known_secrets import redactor_for
+    from agent.logsetup import default_log_file, setup_logging
+    from agent.redact import install_log_redaction
+
+    log_file = args.log_file or default_log_file()
+    setup_logging(
+        args.log_level or "INFO",
+        fmt=args.log_format,
+        log_file=log_file,
+        max_bytes=config.agent.log_max_bytes,
+        backups=config.agent.log_backups,
+    )
+    return install_log_redaction(redactor_for(config))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the agent until interrupted."""
     from agent.daemon import Agent
 
     config = _load(args)
+    _run_logging(args, config)
     try:
         agent = Agent(config)
     except ConfigError as err:  # e.g. a password variable that is not set: name the config file
@@ -102,6 +139,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _on_signal)  # defined on Windows too
     agent.start()
     print(f"hezo-agent: watching {len(config.devices)} devices; data in {agent.data_dir}; Ctrl+C stops")
+    if agent.api is not None:
+        api = agent.api
+        print(f"hezo-agent: status page {api.url}/, metrics {api.url}/metrics, API token: {api.tokens.path}")
     try:
         while not stop.wait(0.5):
             pass
@@ -290,6 +330,33 @@ def _print_outbox(report: dict[str, Any]) -> None:
     print(f"spool: {spool['used_bytes'] / 1048576:.1f} of {spool['quota_bytes'] / 1048576:.0f} MiB")
 
 
+def cmd_collect(args: argparse.Namespace) -> int:
+    """Pull one device's logs into a redacted, audited bundle (see agent/cli_bundle.py)."""
+    from agent.cli_bundle import run_collect
+    from agent.daemon import default_data_dir
+
+    config = _load(args)
+    return run_collect(args, config, Path(config.agent.data_dir or default_data_dir()))
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Show the audit of log pulls."""
+    from agent.cli_bundle import run_audit
+    from agent.daemon import default_data_dir
+
+    config = _load(args)
+    return run_audit(args, Path(config.agent.data_dir or default_data_dir()))
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    """Show where the local API, status page and /metrics answer (see agent/cli_api.py)."""
+    from agent.cli_api import run_api_info
+    from agent.daemon import default_data_dir
+
+    config = _load(args)
+    return run_api_info(args, config, Path(config.agent.data_dir or default_data_dir()))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the end-to-end demo on a simulated fleet."""
     from agent.demo import run_demo
@@ -304,6 +371,10 @@ COMMANDS = {
     "tickets": cmd_tickets,
     "outbox": cmd_outbox,
     "demo": cmd_demo,
+    "collect": cmd_collect,
+    "audit": cmd_audit,
+    "api": cmd_api,
+    **INSTALL_COMMANDS,
 }
 
 

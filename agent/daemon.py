@@ -13,20 +13,25 @@ import logging
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import platformdirs
 
 from agent.clock import Clock, SystemClock
 from agent.finding_watch import FindingWatch
 from agent.flapping import PROBLEM_FLAPPING, FlapStarted, FlapState, FlapStopped, flap_step
+from agent.forward import SyslogForwarder
 from agent.incidents import IncidentManager, IncidentRules, Problem
+from agent.known_secrets import redactor_for
 from agent.models import PollOutcome
 from agent.poller import Poller
 from agent.quiet import QuietJudge
+from agent.redact import RedactingSink
 from agent.scheduler import PollScheduler
 from agent.site_network import RouteUplink
 from agent.site_watch import SiteWatch
@@ -49,9 +54,13 @@ from uploader.models import Attachment, Priority
 from uploader.outbox import Outbox
 from uploader.registry import build_backend
 
+if TYPE_CHECKING:
+    from agent.api import LocalApi
+
 log = logging.getLogger("hezo.agent")
 
 KEEP_LOGS_PER_DEVICE = 3
+RECENT_EVENTS = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +170,14 @@ class Agent:
             self.syslog = SyslogReceiver.from_settings(
                 config.syslog, sources=self._sources, boxes=self.blackboxes
             )
+        # central forwarding of the devices' syslog and the agent's own events (off unless configured)
+        self.forwarder: SyslogForwarder | None = None
+        if config.forwarding is not None:
+            self.forwarder = SyslogForwarder.from_settings(
+                config.forwarding, self.data_dir, sites={dev.id: dev.site for dev in config.devices}
+            )
+            if self.syslog is not None:
+                self.syslog.on_message = self.forwarder.device_message
         self.traps: TrapReceiver | None = None
         if config.traps is not None:
             traps = config.traps
@@ -172,10 +189,12 @@ class Agent:
             self.ymcs = YmcsAccount.from_settings(
                 config.ymcs, facts=self.known_facts, clock=self.clock, sleep=sleep or time.sleep
             )
+        # every ticket, comment and body is masked before it is queued (issue 7: nothing secret leaves)
+        self.redactor = redactor_for(config, self.profiles.values())
         self.incidents = IncidentManager(
             config,
             self.store,
-            self.dispatcher,
+            RedactingSink(self.dispatcher, self.redactor),
             self.clock,
             attachment_for=self.last_log_attachment,
             evidence_for=self.blackbox_attachments,
@@ -203,6 +222,13 @@ class Agent:
         self._collector_factory = collector_factory
         self._collectors_lock = threading.Lock()
         self.last_outcomes: dict[str, PollOutcome] = {}
+        #: called with every poll's outcome (metrics); quick, and an exception is only logged
+        self.poll_listeners: list[Callable[[PollOutcome], None]] = []
+        #: the latest events (state changes, tickets, alerts) for the status page, newest last
+        self.recent_events: deque[AgentEvent] = deque(maxlen=RECENT_EVENTS)
+        self.api: LocalApi | None = None
+        #: since when each device reports a firmware update in progress (absent: no update)
+        self.updating_since: dict[str, datetime] = {}
         self._scheduler: PollScheduler | None = None
         for dev in config.devices:  # build every collector now: a channel secret that is missing fails here
             self.collector(dev.id)
@@ -266,7 +292,9 @@ class Agent:
         """Poll one device, advance its state, raise or resolve incidents; return the next delay."""
         outcome = self.poller.poll(device_id)
         self.last_outcomes[device_id] = outcome
+        self._notify_poll(outcome)
         self.store.record_outcome(outcome)
+        updating_since = self._track_update(device_id, outcome)
         if outcome.ok and outcome.sample is not None and outcome.sample.facts.serial != "unknown":
             self._note_identity(device_id, outcome.sample.facts, outcome.at)
         liveness = dataclasses.replace(outcome, ok=outcome.reachable)
@@ -289,17 +317,36 @@ class Agent:
         self.flaps[device_id] = flap
         if any(isinstance(e, WentDown) for e in events):
             self.sites.judge(self.reachability(), outcome.at)  # network or device? ask the canaries now
-        hold = self._hold_reason(device_id, outcome.at, flap)
+        hold = self._hold_reason(device_id, outcome.at, flap, updating_since)
         if events:
             self.incidents.handle(device_id, events, hold=hold)
             self._announce(device_id, events, hold)
         if not liveness.ok:  # a ticket held back opens on a fresh failure once nothing holds it
             self.incidents.review(device_id, state, hold=hold)
         self._on_flap(device_id, flap_event, outcome.at)
-        self.findings.after_poll(outcome)
+        self.findings.after_poll(outcome, updating_since=updating_since)
         if outcome.ok:
             self._refresh_log_if_due(device_id, outcome)
         return next_delay_s(state, self.policy)
+
+    def _track_update(self, device_id: str, outcome: PollOutcome) -> datetime | None:
+        """Since when ``device_id`` reports a firmware update, after ``outcome``; None when none runs.
+
+        Set by the first sample saying an update runs; kept while the device is silent (it may be
+        rebooting into the new firmware) or its sample cannot tell (``updating`` None); cleared by
+        a sample saying no update runs.
+        """
+        updating = outcome.sample.updating if outcome.sample is not None else None
+        since = self.updating_since.get(device_id)
+        if updating is True and since is None:
+            since = self.updating_since[device_id] = outcome.at
+            log.info("event=firmware_update_started device=%s", device_id)
+        elif updating is False and since is not None:
+            del self.updating_since[device_id]
+            minutes = (outcome.at - since).total_seconds() / 60
+            log.info("event=firmware_update_ended device=%s minutes=%.1f", device_id, minutes)
+            since = None
+        return since
 
     def _note_identity(self, device_id: str, facts: DeviceFacts, at: datetime) -> None:
         """Keep the device's identity; a new serial in its place is a replacement (or a swap)."""
@@ -315,15 +362,17 @@ class Agent:
         seen: dict[str, bool | None] = {}
         for dev in self.config.devices:
             outcome = self.last_outcomes.get(dev.id)
-            quiet = self.quiet.quiet_reason(dev.id, now) is not None
+            quiet = self.quiet.quiet_reason(dev.id, now, self.updating_since.get(dev.id)) is not None
             seen[dev.id] = None if outcome is None or quiet else outcome.reachable
         return seen
 
-    def _hold_reason(self, device_id: str, at: datetime, flap: FlapState) -> str | None:
-        """Why an offline ticket of ``device_id`` must not open now (quiet, flapping, site network)."""
+    def _hold_reason(
+        self, device_id: str, at: datetime, flap: FlapState, updating_since: datetime | None = None
+    ) -> str | None:
+        """Why an offline ticket of ``device_id`` must not open now (quiet or updating, flapping, site)."""
         device = self.config.device(device_id)
         return (
-            self.quiet.quiet_reason(device_id, at)
+            self.quiet.quiet_reason(device_id, at, updating_since)
             or ("flapping: one medium ticket stands for it" if flap.flapping else None)
             or self.sites.hold_reason(device.site, at)
         )
@@ -362,8 +411,19 @@ class Agent:
                 )
 
     def _emit(self, at: datetime, device_id: str, kind: str, text: str) -> None:
+        event = AgentEvent(at, device_id, kind, text)
+        self.recent_events.append(event)
+        if self.forwarder is not None:
+            self.forwarder.agent_event(at, device_id, kind, text)
         if self._on_event is not None:
-            self._on_event(AgentEvent(at, device_id, kind, text))
+            self._on_event(event)
+
+    def _notify_poll(self, outcome: PollOutcome) -> None:
+        for listener in self.poll_listeners:
+            try:
+                listener(outcome)
+            except Exception:  # an observer's bug must not stop polling
+                log.exception("event=poll_listener_failed device=%s", outcome.device_id)
 
     def _on_trap(self, source_ip: str, trap_oid: str, varbinds: list[tuple[str, int | str]]) -> None:
         """A trap is a hint, never a verdict: poll its device now and let the state machine judge."""
@@ -431,6 +491,7 @@ class Agent:
     def start(self) -> None:
         """Start polling every device in the background (after repairing what a crash left)."""
         self.incidents.reconcile(self.states)
+        self._start_api()
         self._scheduler = PollScheduler(
             [dev.id for dev in self.config.devices],
             self.poll_once,
@@ -444,14 +505,39 @@ class Agent:
                 self.judge_sites, every_s=self.config.agent.poll_interval_s, job_id="sites"
             )
         self._scheduler.start()
+        if self.forwarder is not None:
+            self.forwarder.start()
         if self.syslog is not None:
             self.syslog.start()
         if self.traps is not None:
             self.traps.start()
         log.info("event=agent_started devices=%d data_dir=%s", len(self.config.devices), self.data_dir)
 
+    def _start_api(self) -> None:
+        """Serve the local API, status page and /metrics (a port in use is logged, not fatal)."""
+        if not self.config.api.enabled:
+            return
+        from agent.api import LocalApi
+
+        settings = self.config.api
+        try:
+            api = LocalApi.for_agent(self)
+        except OSError as err:  # the token file cannot be made or read
+            log.error("event=api_not_started host=%s port=%d error=%s", settings.host, settings.port, err)
+            return
+        try:
+            api.start()
+        except OSError as err:  # e.g. the port is taken by another program
+            api.close()
+            log.error("event=api_not_started host=%s port=%d error=%s", settings.host, settings.port, err)
+            return
+        self.api = api
+
     def stop(self) -> None:
         """Stop polling, deliver what can be delivered, close everything."""
+        if self.api is not None:
+            self.api.stop()
+            self.api = None
         if self._scheduler is not None:
             self._scheduler.stop()
             self._scheduler = None
@@ -459,6 +545,8 @@ class Agent:
             self.traps.stop()
         if self.syslog is not None:
             self.syslog.stop()
+        if self.forwarder is not None:
+            self.forwarder.stop()
         if self.blackboxes is not None:
             self.blackboxes.close()
         self.dispatcher.flush()

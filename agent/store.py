@@ -22,7 +22,7 @@ from agent.models import PollOutcome
 from agent.state import DeviceState, Health
 from collectors.models import CheckResult, DeviceFacts
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_KEEP_OUTCOMES = 500
 
 _SCHEMA = """
@@ -89,6 +89,18 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE incidents ADD COLUMN return_due TEXT",
         "ALTER TABLE incidents ADD COLUMN return_reminded INTEGER NOT NULL DEFAULT 0",
         "CREATE INDEX IF NOT EXISTS incidents_key ON incidents(key, id)",
+    ),
+    # the audit of log pulls (agent/audit.py): append-only, enforced by the database itself
+    3: (
+        "CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL,"
+        " channel TEXT NOT NULL, requester TEXT NOT NULL, ref TEXT NOT NULL DEFAULT '',"
+        " device_id TEXT NOT NULL, since TEXT, until TEXT, sources TEXT NOT NULL DEFAULT '',"
+        " size_bytes INTEGER, sha256 TEXT, outcome TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '',"
+        " bundle TEXT)",
+        "CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit"
+        " BEGIN SELECT RAISE(ABORT, 'the audit table is append-only'); END",
+        "CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit"
+        " BEGIN SELECT RAISE(ABORT, 'the audit table is append-only'); END",
     ),
 }
 

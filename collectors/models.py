@@ -82,6 +82,9 @@ class HealthSample:
     checks: tuple[CheckResult, ...] = ()
     latency_ms: float = 0.0
     channels: tuple[ChannelResult, ...] = ()
+    #: True while the device reports a firmware update in progress, False when it reports none,
+    #: None when nothing said (its profile maps no update state, or only side channels answered)
+    updating: bool | None = None
 
     @property
     def failing_channels(self) -> tuple[str, ...]:

@@ -44,8 +44,11 @@ PROBES: dict[str, Callable[[str, Any, KnownHosts | None, str], ChannelProbe]] = 
     "mtr": lambda _host, settings, _kh, _where: MtrSource(settings),
 }
 
-#: one pool runs every device's extra channel probes, alongside the poll thread's HTTP work
-_PROBE_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="hezo-probe")
+#: one pool runs every device's extra channel probes, alongside the poll thread's HTTP work. It is
+#: sized for the scheduler's most concurrent polls (32) times the extra channels one device may have
+#: (6), so probes hung on some devices never queue a healthy device's; threads start only when needed.
+PROBE_WORKERS = 32 * 6
+_PROBE_POOL = concurrent.futures.ThreadPoolExecutor(PROBE_WORKERS, thread_name_prefix="hezo-probe")
 
 
 class UnknownDriver(KeyError):

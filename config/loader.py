@@ -278,6 +278,16 @@ def _resolve_paths(cfg: AgentConfig, base: Path) -> AgentConfig:
     if ymcs is not None:
         files = {"client_secret_file": ymcs.client_secret_file, "ca_bundle": ymcs.ca_bundle}
         ymcs = ymcs.model_copy(update={key: _beside(base, value) for key, value in files.items()})
+    api = cfg.api.model_copy(update={"token_file": _beside(base, cfg.api.token_file)})
+    forwarding = cfg.forwarding
+    if forwarding is not None:
+        tls = forwarding.tls
+        if tls is not None:
+            tls_files = {"ca_file": tls.ca_file, "cert_file": tls.cert_file, "key_file": tls.key_file}
+            tls = tls.model_copy(update={key: _beside(base, value) for key, value in tls_files.items()})
+        forwarding = forwarding.model_copy(
+            update={"buffer_dir": _beside(base, forwarding.buffer_dir), "tls": tls}
+        )
     return cfg.model_copy(
         update={
             "agent": agent,
@@ -285,6 +295,8 @@ def _resolve_paths(cfg: AgentConfig, base: Path) -> AgentConfig:
             "devices": tuple(devices),
             "traps": traps,
             "ymcs": ymcs,
+            "api": api,
+            "forwarding": forwarding,
         }
     )
 

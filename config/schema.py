@@ -15,14 +15,19 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from config.api import ApiSettings
 from config.base import ENV_VAR_PATTERN, Provenance, Strict
+from config.bundles import BundleSettings, RedactionSettings
 from config.channels import ChannelName, DeviceChannel, ProfileChannels, SyslogSettings, TrapReceiverSettings
+from config.forwarding import ForwardingSettings
+from config.incidents import IncidentSettings
 from config.quiet import FirmwareUpdateSettings, FlappingSettings, QuietSettings, SiteNetworkSettings
 from config.sla import SlaSettings
 from config.ticketing import (
     EmailSettings,
     FreshdeskSettings,
     JiraSettings,
+    RedmineSettings,
     ServiceNowSettings,
     WebhookSettings,
     ZendeskSettings,
@@ -102,6 +107,10 @@ class AgentSettings(Strict):
     max_response_bytes: int = Field(default=2_000_000, ge=1024, le=1_000_000_000)
     max_log_bytes: int = Field(default=50_000_000, ge=1024, le=10_000_000_000)
     language: Literal["pl", "en"] = "pl"
+    log_max_bytes: int = Field(
+        default=10_000_000, ge=10_000, le=10_000_000_000, description="the agent's log rotates at this size"
+    )
+    log_backups: int = Field(default=5, ge=1, le=1000, description="rotated log files kept")
 
 
 class Contact(Strict):
@@ -250,7 +259,9 @@ class OutboxSettings(Strict):
 class Ticketing(Strict):
     """Which helpdesk receives tickets, and its settings."""
 
-    backend: Literal["local", "email", "webhook", "jira", "zendesk", "servicenow", "freshdesk"] = "local"
+    backend: Literal["local", "email", "webhook", "jira", "zendesk", "servicenow", "freshdesk", "redmine"] = (
+        "local"
+    )
     local: LocalBackendSettings = LocalBackendSettings()
     email: EmailSettings | None = Field(default=None, description="required when backend is email")
     webhook: WebhookSettings | None = Field(default=None, description="required when backend is webhook")
@@ -258,6 +269,7 @@ class Ticketing(Strict):
     zendesk: ZendeskSettings | None = Field(default=None, description="required when backend is zendesk")
     servicenow: ServiceNowSettings | None = Field(default=None, description="when backend is servicenow")
     freshdesk: FreshdeskSettings | None = Field(default=None, description="when backend is freshdesk")
+    redmine: RedmineSettings | None = Field(default=None, description="when backend is redmine")
     outbox: OutboxSettings = Field(default_factory=OutboxSettings, description="delivery queue and spool")
 
     @model_validator(mode="after")
@@ -285,6 +297,21 @@ class AgentConfig(Strict):
     flapping: FlappingSettings = Field(default_factory=FlappingSettings, description="flap detection")
     firmware_update: FirmwareUpdateSettings = Field(
         default_factory=FirmwareUpdateSettings, description="how long an update keeps a device quiet"
+    )
+    incidents: IncidentSettings = Field(
+        default_factory=IncidentSettings, description="priority, thresholds and debounce of every problem"
+    )
+    bundles: BundleSettings = Field(
+        default_factory=BundleSettings, description="log bundles: size and time caps, the MVC log ZIP"
+    )
+    redaction: RedactionSettings = Field(
+        default_factory=RedactionSettings, description="extra secret patterns masked everywhere"
+    )
+    api: ApiSettings = Field(
+        default_factory=ApiSettings, description="local API, status page and /metrics (loopback by default)"
+    )
+    forwarding: ForwardingSettings | None = Field(
+        None, description="forward device syslog and agent events to a central collector (RFC 5424/TCP)"
     )
 
     def site(self, name: str) -> Site:
@@ -360,6 +387,21 @@ class PeripheralMap(Strict):
     status: Provenance
 
 
+#: what ``fields.update_state`` reads as "an update is running" when a profile names no values
+UPDATING_VALUES = ("upgrading", "updating", "downloading", "installing")
+
+
+class UpdateStateMap(Strict):
+    """Which values of the ``update_state`` field mean a firmware update is in progress."""
+
+    updating_values: tuple[bool | Annotated[str, Field(min_length=1)], ...] = Field(
+        default=UPDATING_VALUES,
+        min_length=1,
+        description="values meaning an update is running (text compared case-insensitively)",
+    )
+    status: Provenance
+
+
 class Profile(Strict):
     """A device profile: endpoints, auth and the response → field mapping for one model family."""
 
@@ -372,10 +414,16 @@ class Profile(Strict):
     auth: AuthSettings
     endpoints: dict[str, Endpoint]
     fields: dict[
-        Literal["model", "firmware", "serial", "mac", "hostname", "uptime_s", "call_state", "peripherals"],
+        Literal[
+            "model", "firmware", "serial", "mac", "hostname", "uptime_s", "call_state", "peripherals",
+            "update_state",
+        ],
         FieldMap,
     ]
     peripherals: PeripheralMap | None = None
+    update_state: UpdateStateMap | None = Field(
+        default=None, description="how to read fields.update_state (default: UPDATING_VALUES)"
+    )
     channels: ProfileChannels = ProfileChannels()
 
     @model_validator(mode="after")

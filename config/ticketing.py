@@ -337,3 +337,38 @@ class FreshdeskSettings(RestHelpdeskSettings):
     group_id: int | None = None
     max_attachment_bytes: int = Field(default=20 * MB, ge=1024, le=2048 * MiB)
     max_total_attachment_bytes: int = Field(default=20 * MB, ge=1024, le=8192 * MiB)
+
+
+class RedminePriorities(Strict):
+    """Redmine priority names per seed priority (``GET /enumerations/issue_priorities.json`` lists them)."""
+
+    critical: str = Field(default="Immediate", min_length=1)
+    medium: str = Field(default="Normal", min_length=1)
+    low: str = Field(default="Low", min_length=1)
+
+
+class RedmineSettings(RestHelpdeskSettings):
+    """Redmine: issues in one project, uploads → tokens, journals (notes) and status changes.
+
+    ``token_env``/``token_file`` hold the API key of the Redmine user the agent acts as
+    (My account › API access key); an administrator must enable the REST API first.
+    """
+
+    project: str = Field(min_length=1, description="project identifier (or numeric id) for new issues")
+    tracker: str | None = Field(default="Support", description="tracker name; null: the project's default")
+    priorities: RedminePriorities = RedminePriorities()
+    resolve_statuses: tuple[str, ...] = Field(
+        default=("Resolved", "Closed"), min_length=1, description="first one the workflow allows is used"
+    )
+    reopen_statuses: tuple[str, ...] = Field(
+        default=("In Progress", "New", "Feedback"), min_length=1, description="first one allowed is used"
+    )
+    key_field_id: int | None = Field(
+        default=None, ge=1, description="id of a text custom field 'used as a filter' holding the hz-… key"
+    )
+    custom_fields: dict[str, int] = Field(
+        default_factory=dict, description="ticket fact -> issue custom field id, e.g. serial: 3"
+    )
+    #: Redmine's own default ``attachment_max_size`` is 5120 KB
+    max_attachment_bytes: int = Field(default=5 * MiB, ge=1024, le=2048 * MiB)
+    max_total_attachment_bytes: int = Field(default=50 * MiB, ge=1024, le=8192 * MiB)

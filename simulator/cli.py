@@ -71,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     fault.add_argument(
         "arg",
         nargs="?",
-        help="seconds for slow/reboot, peripheral for unplug, channel (http, tcp6024, ssh, snmp) for "
-        "offline/hang/malformed/endless/drip/garbage",
+        help="seconds for slow/reboot, SECONDS[,SILENT] for update, peripheral for unplug, channel "
+        "(http, tcp6024, ssh, snmp) for offline/hang/malformed/endless/drip/garbage",
     )
     clear = sub.add_parser("clear", help="remove the faults of one device, or of all")
     clear.add_argument("device", nargs="?")

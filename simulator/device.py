@@ -21,6 +21,7 @@ import ssl
 import tarfile
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -42,7 +43,7 @@ log = logging.getLogger("hezo.simulator")
 
 FAULT_KINDS = (
     *("offline", "hang", "slow", "reboot", "unplug", "auth-fail", "malformed"),
-    *("endless", "drip", "garbage", "hostkey-change"),
+    *("endless", "drip", "garbage", "hostkey-change", "update"),
 )
 CHANNELS = ("http", "tcp6024", "ssh", "snmp")
 #: faults that may (or must) target one channel, and the channels each one can target; without a
@@ -58,6 +59,12 @@ CHANNEL_FAULTS: dict[str, tuple[str, ...]] = {
 DEFAULT_CHANNEL = {"endless": "ssh", "drip": "ssh"}
 DEFAULT_SLOW_S = 3.0
 DEFAULT_REBOOT_S = 20.0
+#: a default ``update`` runs two hours: longer than the agent's default ``max_update_minutes`` (60)
+DEFAULT_UPDATE_S = 7200.0
+MAX_UPDATE_S = 86400.0
+#: the update state the device reports at the profile's ``fields.update_state`` (an ASSUMED field)
+UPDATE_RUNNING = "upgrading"
+UPDATE_IDLE = "idle"
 MAX_TOKENS = 256
 SYSLOG_SEVERITY = {"ERROR": 3, "WARN": 4, "INFO": 6, "DEBUG": 7}
 MAX_EVENTS = 500
@@ -82,6 +89,9 @@ def parse_fault(kind: str, arg: str | None) -> str | None:
         if not 0 < seconds <= 3600:
             raise ValueError(f"{kind}: seconds must be in (0, 3600], got {arg!r}")
         return str(seconds)
+    if kind == "update":
+        total, silent = parse_update(arg)
+        return f"{total},{silent}" if silent else str(total)
     if kind in CHANNEL_FAULTS:
         arg = arg if arg is not None else DEFAULT_CHANNEL.get(kind)
         if arg is None and kind == "garbage":
@@ -97,6 +107,30 @@ def parse_fault(kind: str, arg: str | None) -> str | None:
     if arg is not None:
         raise ValueError(f"{kind}: takes no argument, got {arg!r}")
     return None
+
+
+def parse_update(arg: str | None) -> tuple[float, float]:
+    """Split an ``update`` argument ``SECONDS[,SILENT]`` into (total, silent) seconds.
+
+    The device reports an update in progress for ``SECONDS`` (default :data:`DEFAULT_UPDATE_S`);
+    the last ``SILENT`` of them (default 0) it is off the network, rebooting into the new firmware.
+
+    Raises:
+        ValueError: not numbers, ``SECONDS`` outside (0, 86400], or ``SILENT`` outside [0, SECONDS).
+    """
+    if arg is None:
+        return DEFAULT_UPDATE_S, 0.0
+    total_text, _, silent_text = arg.partition(",")
+    try:
+        total = float(total_text)
+        silent = float(silent_text) if silent_text else 0.0
+    except ValueError:
+        raise ValueError(f"update: argument must be SECONDS or SECONDS,SILENT_SECONDS, got {arg!r}") from None
+    if not 0 < total <= MAX_UPDATE_S:
+        raise ValueError(f"update: seconds must be in (0, {MAX_UPDATE_S:.0f}], got {arg!r}")
+    if not 0 <= silent < total:
+        raise ValueError(f"update: silent seconds must be at least 0 and below the total, got {arg!r}")
+    return total, silent
 
 
 class DeviceServer:
@@ -144,6 +178,8 @@ class DeviceServer:
         self._http_modes: frozenset[str] = frozenset()
         self._release = asyncio.Event()
         self._reboot_timer: asyncio.TimerHandle | None = None
+        self._update_timers: list[asyncio.TimerHandle] = []
+        self._update_silent = False  # the silent (rebooting) part of an ``update`` fault
         self._tasks: set[asyncio.Task[None]] = set()
         self._cloud_seen_ms = int(time.time() * 1000)
 
@@ -177,6 +213,9 @@ class DeviceServer:
             self._tokens.clear()
         if kind == "reboot":
             self._event(SYS, "INFO", "system", "reboot requested, restarting")
+        if kind == "update":
+            self._update_silent = False
+            self._event(SYS, "INFO", "upgrade", "firmware upgrade started")
 
     def channel_modes(self, channel: str) -> frozenset[str]:
         """The fault modes that apply to one channel (``http``, ``tcp6024``, ``ssh``, ``snmp``) now."""
@@ -193,7 +232,11 @@ class DeviceServer:
 
     def _down(self) -> bool:
         """The whole device is off the network (``offline`` without a channel, or rebooting)."""
-        return "offline" in self.faults or "reboot" in self.faults
+        return "offline" in self.faults or "reboot" in self.faults or self._update_silent
+
+    def update_state(self) -> str:
+        """What the device reports at its profile's ``update_state`` field: ``upgrading`` or ``idle``."""
+        return UPDATE_RUNNING if "update" in self.faults and not self._update_silent else UPDATE_IDLE
 
     def _event(self, file: str, level: str, source: str, message: str) -> None:
         self._events.append(LogEvent(datetime.now(UTC), file, level, source, message))
@@ -333,6 +376,8 @@ class DeviceServer:
         self._note_ports()
         if "reboot" in self.faults:
             self._arm_reboot(float(self.faults["reboot"] or DEFAULT_REBOOT_S))
+        if "update" in self.faults:
+            self._arm_update(self.faults["update"])
         self._start_syslog()
 
     def _note_ports(self) -> None:
@@ -349,6 +394,7 @@ class DeviceServer:
         if self._reboot_timer is not None:
             self._reboot_timer.cancel()
             self._reboot_timer = None
+        self._cancel_update_timers()
         self._unlisten()
         self._drop_connections()
         self._release.set()
@@ -420,12 +466,16 @@ class DeviceServer:
         await self._sync()
         if kind == "reboot":
             self._arm_reboot(float(arg or DEFAULT_REBOOT_S))
+        if kind == "update":
+            self._arm_update(arg)
         log.info("device=%s fault=%s%s set", self.desc.id, kind, f" {arg}" if arg else "")
 
     def reset(self) -> None:
         """Remove every fault from the state: a reboot in progress ends now, peripherals replug."""
         if "reboot" in self.faults:
             self._finish_boot()
+        if "update" in self.faults:
+            self._finish_update()
         for kind in sorted(self.unplugged):
             name = self._peripheral_names().get(kind, kind)
             self._event(SYS, "INFO", "usbd", f"{kind} '{name}' detected")
@@ -465,6 +515,46 @@ class DeviceServer:
         self.faults.pop("reboot", None)
         await self._sync()
         log.info("device=%s reboot finished", self.desc.id)
+
+    def _arm_update(self, arg: str | None) -> None:
+        """Time the update: silent for its last part (if any), then done (loop thread)."""
+        self._cancel_update_timers()
+        total, silent = parse_update(arg)
+        loop = asyncio.get_running_loop()
+        if silent:
+            self._update_timers.append(loop.call_later(total - silent, self._spawn, self._update_reboot))
+        self._update_timers.append(loop.call_later(total, self._spawn, self._end_update))
+
+    def _cancel_update_timers(self) -> None:
+        for timer in self._update_timers:
+            timer.cancel()
+        self._update_timers.clear()
+
+    def _spawn(self, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        task = asyncio.get_running_loop().create_task(job())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _update_reboot(self) -> None:
+        self._event(SYS, "INFO", "upgrade", "firmware installed, rebooting")
+        self._update_silent = True
+        self._tokens.clear()
+        await self._sync()
+        log.info("device=%s update rebooting", self.desc.id)
+
+    async def _end_update(self) -> None:
+        self._finish_update()
+        await self._sync()
+        log.info("device=%s update finished", self.desc.id)
+
+    def _finish_update(self) -> None:
+        """End an update now: a device that went silent for it boots afresh (uptime ~0)."""
+        self._cancel_update_timers()
+        if self._update_silent:
+            self._finish_boot()
+        self._update_silent = False
+        self.faults.pop("update", None)
+        self._event(SYS, "INFO", "upgrade", "firmware upgrade finished")
 
     def _finish_boot(self) -> None:
         if self._reboot_timer is not None:
@@ -536,6 +626,8 @@ class DeviceServer:
             return self.uptime_s()
         if field == "call_state":
             return "idle"
+        if field == "update_state":
+            return self.update_state()
         return getattr(self.desc, field)
 
     def _peripherals(self) -> list[dict[str, Any]]:

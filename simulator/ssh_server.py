@@ -423,8 +423,12 @@ class SshServer:
         host_keys: tuple[paramiko.PKey, paramiko.PKey],
         authorized_keys: Iterable[paramiko.PKey] = (),
         facts: Callable[[bool], ShellFacts],
+        answer: Callable[[str, ShellFacts], tuple[int, bytes, bytes]] = answer_command,
     ) -> None:
         """Prepare the server; nothing listens until :meth:`start`.
+
+        ``answer`` gives (exit status, stdout, stderr) of a command line; the default is the
+        simulated device's shell (:func:`answer_command`); tests replay recorded outputs with it.
 
         Raises:
             ValueError: a port out of range.
@@ -441,6 +445,7 @@ class SshServer:
         self._host_keys = host_keys
         self._authorized = {(k.get_name(), k.asbytes()) for k in authorized_keys}
         self._facts = facts
+        self._answer = answer
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: socket.socket | None = None
         self._parked: list[socket.socket] = []
@@ -646,7 +651,7 @@ class SshServer:
                 return
             with_files = command.split(maxsplit=1)[:1] in (["cat"], ["ls"])
             facts = self._in_loop(lambda: self._facts(with_files))
-            status, out, err = answer_command(command, facts)
+            status, out, err = self._answer(command, facts)
             if "drip" in self.modes:
                 drip = itertools.cycle(out or err or b".")  # the answer, one byte at a time, forever
                 self._stream(transport, chan, end, "drip", lambda: bytes([next(drip)]), DRIP_EVERY_S)

@@ -368,3 +368,30 @@ def test_escalation_moves_the_priority_of_the_same_open_ticket(tmp_path: Path) -
         assert str(ticket.priority) == "low"
     finally:
         agent.stop()
+
+
+def test_secrets_never_reach_a_ticket_body_or_comment(tmp_path: Path) -> None:
+    clock = FakeClock(MONDAY)
+    raw = {
+        "redaction": {"patterns": [r"roomPin=(\d{4,8})"]},
+        "sites": [site("hq")],
+        "devices": devices("hq", 1),
+    }
+    agent, _scripts = scripted_agent(tmp_path, raw, clock)
+    try:
+        poll_round(agent, clock)
+        leaky = Problem(
+            "slow",
+            Priority.LOW,
+            summary="GET https://admin:Tajne123@10.0.0.5/api answered slowly; roomPin=482910",
+            details={"header": "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.c2VjcmV0.abc"},
+        )
+        agent.incidents.raise_problem("hq-1", leaky, clock.now())
+        agent.incidents.clear_problem("hq-1", "slow", clock.now(), note="api_key=sk_live_0123456789abcdef")
+        (ticket,) = tickets(agent)
+        texts = [ticket.title, ticket.body, *comment_bodies(agent, ticket.key)]
+        for secret in ("Tajne123", "482910", "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0.abc", "sk_live_0123456789abcdef"):
+            assert all(secret not in text for text in texts), secret
+        assert "answered slowly" in ticket.body, "ordinary words stay"
+    finally:
+        agent.stop()

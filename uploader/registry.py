@@ -10,6 +10,7 @@ from uploader.backends.email import EmailBackend
 from uploader.backends.freshdesk import FreshdeskBackend
 from uploader.backends.jira import JiraBackend
 from uploader.backends.local import LocalBackend
+from uploader.backends.redmine import RedmineBackend
 from uploader.backends.servicenow import ServiceNowBackend
 from uploader.backends.webhook import WebhookBackend
 from uploader.backends.zendesk import ZendeskBackend
@@ -58,6 +59,12 @@ def _freshdesk(ticketing: Ticketing, data_dir: Path) -> TicketBackend:
     return FreshdeskBackend.from_settings(ticketing.freshdesk, Path(data_dir))
 
 
+def _redmine(ticketing: Ticketing, data_dir: Path) -> TicketBackend:
+    if ticketing.redmine is None:
+        raise ValueError("ticketing.redmine: required when backend is redmine")
+    return RedmineBackend.from_settings(ticketing.redmine, Path(data_dir))
+
+
 BACKENDS: dict[str, BackendFactory] = {
     "local": _local,
     "email": _email,
@@ -66,6 +73,7 @@ BACKENDS: dict[str, BackendFactory] = {
     "zendesk": _zendesk,
     "servicenow": _servicenow,
     "freshdesk": _freshdesk,
+    "redmine": _redmine,
 }
 
 

@@ -127,7 +127,8 @@ def _why(err: BaseException) -> str:
         if isinstance(exc, OSError) and exc.strerror:
             return exc.strerror.lower()
     last = chain[-1]
-    return f"{type(last).__name__}: {str(last)[:160]}"
+    # the text may quote what the device sent (e.g. a bad status line of binary garbage): escape it
+    return f"{type(last).__name__}: {ascii(str(last))[1:-1][:160]}"
 
 
 def _fingerprint_seen(err: BaseException) -> str:

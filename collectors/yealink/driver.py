@@ -20,13 +20,17 @@ from collectors.jsonpath import get_path
 from collectors.models import CheckResult, DeviceFacts, HealthSample, LogBundle, Peripheral
 from collectors.pins import PinStore
 from collectors.transports.http import HttpResponse, HttpTransport
-from config.schema import Device, PeripheralMap, Profile
+from config.schema import UPDATING_VALUES, Device, PeripheralMap, Profile
 
 T = TypeVar("T")
 
-FieldKey = Literal["model", "firmware", "serial", "mac", "hostname", "uptime_s", "call_state", "peripherals"]
+FieldKey = Literal[
+    "model", "firmware", "serial", "mac", "hostname", "uptime_s", "call_state", "peripherals", "update_state"
+]
 IDENTITY_FIELDS: tuple[FieldKey, ...] = ("model", "firmware", "serial", "mac", "hostname")
-HEALTH_FIELDS: tuple[FieldKey, ...] = (*IDENTITY_FIELDS, "uptime_s", "call_state", "peripherals")
+HEALTH_FIELDS: tuple[FieldKey, ...] = (
+    *IDENTITY_FIELDS, "uptime_s", "call_state", "peripherals", "update_state"
+)
 _MISSING = object()
 
 
@@ -131,6 +135,7 @@ class YealinkHttpCollector(Collector):
             peripherals=self._peripherals(answers),
             checks=tuple(steps.checks),
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            updating=self._updating(answers),
         )
 
     def collect_logs(self, dest_dir: Path) -> LogBundle:
@@ -343,6 +348,21 @@ class YealinkHttpCollector(Collector):
             out.append(Peripheral(kind=_kind(kind), name=str(name), connected=connected))
         return tuple(out)
 
+    def _updating(self, answers: dict[str, Any]) -> bool | None:
+        """Whether the device reports a firmware update in progress (None: the profile maps no update state).
+
+        The field is optional and lenient: an answer without it, or with a value that is none of
+        the profile's ``update_state.updating_values`` (a dict included), means no update runs.
+        """
+        if "update_state" not in self._profile.fields:
+            return None
+        state = self._field("update_state", answers, required=False)
+        if state is _MISSING or state is None:
+            return False
+        smap = self._profile.update_state
+        values = smap.updating_values if smap is not None else UPDATING_VALUES
+        return any(_matches(state, value) for value in values)
+
 
 def _kind(raw: str) -> str:
     """Normalise a device's peripheral kind: ``Touch Panel`` → ``touch_panel``."""
@@ -350,7 +370,7 @@ def _kind(raw: str) -> str:
 
 
 def _matches(value: Any, connected_value: bool | str) -> bool:
-    """Whether a peripheral's state equals the profile's ``connected_value`` (text case-insensitive)."""
+    """Whether a reported state equals a profile value such as ``connected_value`` (text case-insensitive)."""
     if isinstance(connected_value, str) and isinstance(value, str):
         return value.strip().lower() == connected_value.strip().lower()
     return bool(value == connected_value and type(value) is type(connected_value))

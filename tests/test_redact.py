@@ -1,0 +1,251 @@
+"""Redaction: planted secrets in realistic device logs never leave, ordinary lines stay byte for byte.
+
+``tests/fixtures/logs/`` holds an A30 system log, an app log, an MVC admin shell log and a key dump
+with over twenty forms of secret planted (listed in ``planted-secrets.list``). They are pushed
+through every way text leaves the agent: a file, a rendered ticket, a log line.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from agent.known_secrets import known_secrets, redactor_for
+from agent.redact import MASK, RedactingFilter, Redactor, install_log_redaction
+from agent.ticket_text import DownContext, render_down_ticket
+from collectors.models import CheckResult, DeviceFacts
+from config.loader import load_config
+from config.schema import Device, Site
+from simulator.logs import boot_lines, routine_lines
+
+LOGS = Path(__file__).parent / "fixtures" / "logs"
+DEVICE_PASSWORD = "Zq27devicePassword"
+SITE_PATTERN = r"meetingPin=(\d{6})"
+
+
+def planted() -> list[str]:
+    lines = (LOGS / "planted-secrets.list").read_text(encoding="utf-8").splitlines()
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def fixtures() -> dict[str, str]:
+    return {p.name: p.read_text(encoding="utf-8") for p in sorted(LOGS.iterdir()) if p.suffix != ".list"}
+
+
+@pytest.fixture
+def redactor() -> Redactor:
+    return Redactor(literals=[DEVICE_PASSWORD], patterns=[SITE_PATTERN])
+
+
+def _secret_lines(text: str) -> set[str]:
+    """Lines that hold a planted secret, or belong to a private key block."""
+    out, in_key = set(), False
+    for line in text.splitlines(keepends=True):
+        in_key = in_key or "BEGIN OPENSSH PRIVATE KEY" in line
+        if in_key or any(s in line for s in planted()):
+            out.add(line)
+        in_key = in_key and "END OPENSSH PRIVATE KEY" not in line
+    return out
+
+
+def test_the_fixtures_plant_at_least_twenty_forms_of_secret() -> None:
+    secrets = planted()
+    assert len(secrets) >= 20 and len(set(secrets)) == len(secrets)
+    text = "".join(fixtures().values())
+    assert all(s in text for s in secrets), "every listed secret is really in a fixture log"
+
+
+def test_no_planted_secret_survives_and_ordinary_lines_are_byte_for_byte(redactor: Redactor) -> None:
+    for name, text in fixtures().items():
+        out = redactor.redact(text)
+        for secret in planted():
+            assert secret not in out, f"{secret} leaked from {name}"
+        kept = out.splitlines(keepends=True)
+        secret_lines = _secret_lines(text)
+        for line in text.splitlines(keepends=True):
+            if line not in secret_lines:
+                assert line in kept, f"{name}: ordinary line changed: {line!r}"
+        assert len(kept) == len(text.splitlines()) - (4 if name == "ssh-key-dump.txt" else 0)
+
+
+def test_each_form_keeps_its_shape_so_the_log_stays_readable(redactor: Redactor) -> None:
+    samples = {
+        "fetching https://prov:Pr0v-Zq01@dm.example.pl/cfg": f"fetching https://prov:{MASK}@dm.example.pl/cfg",
+        "Authorization: Basic YWRtaW46WnEwOGJhc2lj": f"Authorization: Basic {MASK}",
+        'Authorization: Digest username="1001", response="6629"': f"Authorization: Digest {MASK}",
+        '{"Authorization": "Bearer abc.def", "Ho": 1}': f'{{"Authorization": "Bearer {MASK}", "Ho": 1}}',
+        "Cookie: JSESSIONID=Zq10sess; lang=pl": f"Cookie: JSESSIONID={MASK}; lang={MASK}",
+        "Set-Cookie: sid=Zq11; Path=/; HttpOnly": f"Set-Cookie: sid={MASK}; Path=/; HttpOnly",
+        "snmpwalk -v2c -c public 10.0.0.5": f"snmpwalk -v2c -c {MASK} 10.0.0.5",
+        "rocommunity s3cr3t 10.0.0.0/8": f"rocommunity {MASK} 10.0.0.0/8",
+        "account.1.password = 1234": f"account.1.password = {MASK}",
+        "GET /x?api_key=abc&fmt=json": f"GET /x?api_key={MASK}&fmt=json",
+        "X-Redmine-API-Key: 0123456789abcdef": f"X-Redmine-API-Key: {MASK}",
+        '{"access_token": "t0k", "token_type": "bearer", "expires_in": 86400}': (
+            f'{{"access_token": "{MASK}", "token_type": "bearer", "expires_in": 86400}}'
+        ),
+        "<password>x1</password>": f"<password>{MASK}</password>",
+        "joined meetingPin=482913 room A": f"joined meetingPin={MASK} room A",
+    }
+    for before, after in samples.items():
+        assert redactor.redact(before) == after
+
+
+def test_ordinary_device_log_lines_from_the_simulator_pass_untouched(redactor: Redactor) -> None:
+    peripherals = {"camera": "A30 Camera", "microphone": "CPW90", "touch_panel": "CTP18"}
+    for model in ("A20", "A30", "MVC"):
+        lines = boot_lines(model, "133.15.0.60", "8030324101000117", "00:15:65:a3:10:17", peripherals)
+        lines += routine_lines(f"redact-{model}", model, 60_000)
+        text = "".join(f"2026-01-05 09:00:00.000 {lvl:<5} {src}: {msg}\n" for _f, lvl, src, msg in lines)
+        assert redactor.redact(text) == text
+
+
+def test_literals_match_url_encoded_and_as_whole_words_only_when_short() -> None:
+    redactor = Redactor(literals=["p@ss w/rd!", "0000", "ab"])
+    assert redactor.redact("login p@ss w/rd! ok") == f"login {MASK} ok"
+    assert redactor.redact("url user=x&pw=p%40ss%20w%2Frd%21") == f"url user=x&pw={MASK}"
+    assert redactor.redact("rx_packets=100000 pin 0000 set") == f"rx_packets=100000 pin {MASK} set"
+    assert redactor.redact("ab is too short to mask: tab, abc") == "ab is too short to mask: tab, abc"
+
+
+def test_a_truncated_private_key_is_dropped_and_what_follows_is_kept(redactor: Redactor) -> None:
+    text = "before\n-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\nAbCd0123+/==\n2026-01-05 INFO next\n"
+    assert redactor.redact(text) == "before\n[private key redacted]\n2026-01-05 INFO next\n"
+
+
+def test_files_text_utf16_and_binary(tmp_path: Path, redactor: Redactor) -> None:
+    text = tmp_path / "sys.log"
+    text.write_bytes(b"ok \xff\xfe line\naccount.1.password = Zq02sipPass\n")
+    done = redactor.redact_file(text, text)
+    assert (done.kind, done.masked_lines) == ("text", 1)
+    assert text.read_bytes() == b"ok \xff\xfe line\naccount.1.password = ***\n"  # undecodable bytes kept
+    wide = tmp_path / "srs.log"
+    wide.write_bytes("Heartbeat ok\r\ntoken=Zq09tokenabcdef\r\n".encode("utf-16"))
+    assert redactor.redact_file(wide, wide).kind == "utf-16"
+    assert wide.read_bytes().decode("utf-16") == "Heartbeat ok\r\ntoken=***\r\n"
+    blob = tmp_path / "config.db"
+    raw = b"SQLite\x00" + DEVICE_PASSWORD.encode() + b"\x00" + DEVICE_PASSWORD.encode("utf-16-le")
+    done = redactor.redact_file(blob, tmp_path / "masked.db") if blob.write_bytes(raw) else None
+    assert done is not None and done.kind == "binary"
+    masked = (tmp_path / "masked.db").read_bytes()
+    assert len(masked) == len(raw) and DEVICE_PASSWORD.encode() not in masked
+    assert DEVICE_PASSWORD.encode("utf-16-le") not in masked
+
+
+def _ticket_context(detail: str) -> DownContext:
+    device = Device(id="a30-zarzad", room="Sala Zarząd", site="hq", model="A30", host="10.0.0.5")
+    site = Site.model_validate(
+        {"name": "hq", "address": "ul. Testowa 1, Warszawa",
+         "contact": {"name": "Anna Nowak", "phone": "+48 600 100 200", "email": "anna@example.com"}}
+    )  # fmt: skip
+    at = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+    return DownContext(
+        device=device, site=site, contract=None,
+        facts=DeviceFacts("A30", "133.15.0.60", "8030324101000117", "00:15:65:a3:10:17"),
+        last_seen=at, went_down_at=at, first_failure_at=at, failures=3, reason="unreachable", now=at,
+        checks=(CheckResult("https_api", False, 5000.0, detail),), summary=detail,
+    )  # fmt: skip
+
+
+def records() -> list[str]:
+    """Every fixture line as one record, except a private key block, which stays one record."""
+    out: list[str] = []
+    for text in fixtures().values():
+        block: list[str] = []
+        for line in text.splitlines():
+            if block or "BEGIN OPENSSH PRIVATE KEY" in line:
+                block.append(line)
+                if "END OPENSSH PRIVATE KEY" in line:
+                    out.append("\n".join(block))
+                    block = []
+            elif line.strip():
+                out.append(line)
+    return out
+
+
+def test_no_planted_secret_leaves_in_a_rendered_ticket(redactor: Redactor) -> None:
+    for line in records():
+        ticket = redactor.ticket(render_down_ticket(_ticket_context(line), "en"))
+        rendered = ticket.title + ticket.body + repr(ticket.fields)
+        assert not [s for s in planted() if s in rendered], line
+
+
+def test_no_planted_secret_leaves_in_a_log_line_or_traceback(redactor: Redactor) -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    restore = install_log_redaction(redactor)
+    try:
+        for line in records():
+            logging.getLogger("hezo.agent").warning("event=device_said line=%s", line)
+            logging.getLogger("collectors.transports.ssh").error("event=x detail=%r", {"raw": line})
+        try:
+            raise RuntimeError("login failed: https://admin:Pr0v-Zq01@10.0.0.5/ and token=Zq09tokenabcdef")
+        except RuntimeError:
+            logging.getLogger("hezo.poller").exception("event=poll_crashed")
+    finally:
+        restore()
+        root.removeHandler(handler)
+    out = stream.getvalue()
+    assert "event=device_said" in out and "Traceback" in out and "RuntimeError" in out
+    assert not [s for s in planted() if s in out]
+
+
+def test_the_filter_masks_records_on_a_handler(redactor: Redactor) -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter(redactor))
+    logger = logging.getLogger("hezo.test_redact_filter")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("device %s answered %s", "a30", f"password={DEVICE_PASSWORD}")
+    finally:
+        logger.removeHandler(handler)
+    assert stream.getvalue() == f"device a30 answered password={MASK}\n"
+
+
+def test_the_agents_redactor_knows_every_configured_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "bar.secret").write_text("Zq41fromFile\n")
+    monkeypatch.setenv("HEZO_TEST_YMCS", "Zq42ymcsSecret")
+    monkeypatch.setenv("HEZO_TEST_TRAPS", "Zq43trapComm")
+    (tmp_path / "agent.yaml").write_text(
+        """
+sites:
+  - {name: hq, address: "ul. Testowa 1", contact: {name: A N, phone: "+48 600", email: a@example.com}}
+devices:
+  - {id: a30, room: R1, site: hq, model: A30, host: 10.0.0.5, credentials: {password_file: bar.secret}}
+traps: {community_env: HEZO_TEST_TRAPS}
+ymcs: {region: eu, client_id: abc, client_secret_env: HEZO_TEST_YMCS}
+redaction: {patterns: ['roomPin=(\\d+)']}
+""",
+        encoding="utf-8",
+    )
+    config = load_config(tmp_path / "agent.yaml")
+    assert sorted(known_secrets(config)) == ["Zq41fromFile", "Zq42ymcsSecret", "Zq43trapComm"]
+    redactor = redactor_for(config)
+    assert (
+        redactor.redact("Zq41fromFile Zq42ymcsSecret Zq43trapComm roomPin=1234")
+        == f"{MASK} {MASK} {MASK} roomPin={MASK}"
+    )
+
+
+def test_a_key_block_anywhere_in_a_long_or_utf16_file_is_dropped(tmp_path: Path, redactor: Redactor) -> None:
+    key = (LOGS / "ssh-key-dump.txt").read_text(encoding="utf-8")
+    ordinary = "".join(f"2026-01-05 09:00:{i % 60:02d} INFO netd: eth0 rx_packets={i}\n" for i in range(4095))
+    for name, encoding in (("long.log", "utf-8"), ("wide.log", "utf-16")):
+        path = tmp_path / name
+        path.write_bytes((ordinary + key + ordinary).encode(encoding))
+        done = redactor.redact_file(path, path)
+        text = path.read_bytes().decode(encoding)
+        assert not [s for s in planted() if s in text]
+        assert text == ordinary + redactor.redact(key) + ordinary
+        assert done.masked_lines == 5  # BEGIN, three body lines, END
