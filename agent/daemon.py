@@ -38,6 +38,8 @@ from agent.site_watch import SiteWatch
 from agent.sla import SlaTicketLines
 from agent.state import DeviceState, Event, Policy, Recovered, WentDown, next_delay_s, step
 from agent.store import Store
+from agent.ticket_commands import TicketCommandWatcher
+from agent.ticket_text import PROBLEM_OFFLINE, incident_key
 from collectors.base import Collector
 from collectors.blackbox import BlackBoxes
 from collectors.errors import CollectorError
@@ -230,6 +232,8 @@ class Agent:
         #: since when each device reports a firmware update in progress (absent: no update)
         self.updating_since: dict[str, datetime] = {}
         self._scheduler: PollScheduler | None = None
+        #: `/logs` in comments of the open tickets (issue 7); reads nothing unless someone is allowed
+        self.ticket_commands = TicketCommandWatcher.for_agent(self)
         for dev in config.devices:  # build every collector now: a channel secret that is missing fails here
             self.collector(dev.id)
 
@@ -319,8 +323,9 @@ class Agent:
             self.sites.judge(self.reachability(), outcome.at)  # network or device? ask the canaries now
         hold = self._hold_reason(device_id, outcome.at, flap, updating_since)
         if events:
+            had_ticket = self._offline_ticket_open(device_id)
             self.incidents.handle(device_id, events, hold=hold)
-            self._announce(device_id, events, hold)
+            self._announce(device_id, events, hold, had_ticket)
         if not liveness.ok:  # a ticket held back opens on a fresh failure once nothing holds it
             self.incidents.review(device_id, state, hold=hold)
         self._on_flap(device_id, flap_event, outcome.at)
@@ -399,16 +404,19 @@ class Agent:
         """Probe canaries and judge every site (a periodic job; also run when a device goes down)."""
         self.sites.judge(self.reachability(), self.clock.now())
 
-    def _announce(self, device_id: str, events: list[Event], hold: str | None = None) -> None:
+    def _offline_ticket_open(self, device_id: str) -> bool:
+        device = self.config.device(device_id)
+        return self.store.open_incident_for(incident_key(device.site, device.id, PROBLEM_OFFLINE)) is not None
+
+    def _announce(self, device_id: str, events: list[Event], hold: str | None, had_ticket: bool) -> None:
         for event in events:
             if isinstance(event, WentDown) and hold:
                 self._emit(event.at, device_id, "held", f"down, ticket held: {hold}")
             elif isinstance(event, WentDown):
                 self._emit(event.at, device_id, "ticket_opened", f"down after {event.failures} failed polls")
             elif isinstance(event, Recovered):
-                self._emit(
-                    event.at, device_id, "ticket_resolved", f"recovered after {event.downtime_s:.0f} s"
-                )
+                kind = "ticket_resolved" if had_ticket else "recovered"
+                self._emit(event.at, device_id, kind, f"recovered after {event.downtime_s:.0f} s")
 
     def _emit(self, at: datetime, device_id: str, kind: str, text: str) -> None:
         event = AgentEvent(at, device_id, kind, text)
@@ -500,6 +508,10 @@ class Agent:
         )
         self._scheduler.add_periodic(self.dispatcher.flush, every_s=5.0, job_id="dispatch")
         self._scheduler.add_periodic(self._tick, every_s=60.0, job_id="sla")
+        if self.ticket_commands.active:
+            self._scheduler.add_periodic(
+                self.ticket_commands.run_once, every_s=self.config.commands.poll_s, job_id="ticket-commands"
+            )
         if any(site.canaries for site in self.config.sites):
             self._scheduler.add_periodic(
                 self.judge_sites, every_s=self.config.agent.poll_interval_s, job_id="sites"

@@ -19,6 +19,7 @@ starting at a given second, and records each pull. The parent measures CPU and R
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import shutil
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: all stacks to stderr
 
     daemon.PollScheduler = TimedScheduler  # type: ignore[misc]  # the only change: a timing probe
     config = load_config(args.config)

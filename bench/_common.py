@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import gc
 import json
 import math
 import os
@@ -99,7 +100,11 @@ class Report:
         if self.notes:
             parts += ["", *(f"- {n}" for n in self.notes)]
         if self.profile:
-            parts += ["", "Profile of the missed figure(s) (sampled stacks, share of busy samples):", ""]
+            parts += [
+                "",
+                "CPU profile of the agent for the missed figure(s) (sampled stacks weighted by thread CPU):",
+                "",
+            ]
             parts += [f"    {line}" for line in self.profile]
         return "\n".join(parts)
 
@@ -154,11 +159,13 @@ def skeleton() -> str:
         "# Benchmarks",
         "",
         "`make bench` runs every script in `bench/` at full size, `make bench-quick` at quick size",
-        "(under 5 minutes in all); `make test` runs each at smoke size so they cannot rot. Each",
-        "script prints its table and records it here: the block of each benchmark below is its",
-        "latest run, the history at the end keeps every run. A figure that misses its target says",
-        "MISSED and carries the profile that explains it. How each figure is measured is in the",
-        "notes under its table and in `bench/README.md`.",
+        "(under 5 minutes in all: the 3-minute scale run goes alongside the six others, so on a",
+        "2-core machine they compete for CPU; every figure of the scale run is per process, from",
+        "`/proc`); `make test` runs each at smoke size so they cannot rot. Each script prints its",
+        "table and records it here: the block of each benchmark below is its latest run, the history",
+        "at the end keeps every run, with the machine and its load average. A figure that misses its",
+        "target says MISSED and carries what explains it (a CPU profile where CPU is the miss). How",
+        "each figure is measured is in the notes under its table and in `bench/README.md`.",
         "",
     ]
     blocks = [
@@ -359,6 +366,22 @@ def wait_for(check: object, timeout_s: float, what: str, every_s: float = 0.05) 
     raise TimeoutError(f"{what}: not within {timeout_s:.0f} s")
 
 
+def _current_frames() -> dict[int, Any]:
+    """``sys._current_frames()`` with the garbage collector held off.
+
+    CPython 3.11 builds that dict while holding its thread-list lock; a collection started by the
+    allocation can run Python finalizers (weakref callbacks) that wait for the GIL while that lock
+    is held, and every other thread then hangs on the lock (seen here: a frozen agent process).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return sys._current_frames()
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def thread_cpu_s(native_id: int) -> float | None:
     """Return the CPU seconds thread ``native_id`` of this process has run, None if it is gone."""
     try:
@@ -413,7 +436,7 @@ class StackSampler:
         taken = 0
         while not self._stop.wait(self.interval_s) and taken < self.max_samples:
             taken += 1
-            frames = sys._current_frames()
+            frames = _current_frames()
             for thread in threading.enumerate():
                 ident, native = thread.ident, thread.native_id
                 if ident is None or native is None or ident == me or ident not in frames:

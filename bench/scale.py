@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         if exporter is not None:
             exporter.stop()
         sim.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
     report.emit(results_path(args), args.json)
     return 0
 

@@ -19,6 +19,7 @@ from config.api import ApiSettings
 from config.base import ENV_VAR_PATTERN, Provenance, Strict
 from config.bundles import BundleSettings, RedactionSettings
 from config.channels import ChannelName, DeviceChannel, ProfileChannels, SyslogSettings, TrapReceiverSettings
+from config.commands import CommandSettings
 from config.forwarding import ForwardingSettings
 from config.incidents import IncidentSettings
 from config.quiet import FirmwareUpdateSettings, FlappingSettings, QuietSettings, SiteNetworkSettings
@@ -312,6 +313,9 @@ class AgentConfig(Strict):
     )
     forwarding: ForwardingSettings | None = Field(
         None, description="forward device syslog and agent events to a central collector (RFC 5424/TCP)"
+    )
+    commands: CommandSettings = Field(
+        default_factory=CommandSettings, description="/logs in ticket comments: who may, how often"
     )
 
     def site(self, name: str) -> Site:
