@@ -14,7 +14,9 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tarfile
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -233,3 +235,31 @@ def _info(name: str, size: int, mtime: int) -> tarfile.TarInfo:
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     return info
+
+
+def redact_export(
+    export: Path, dest: Path, redactor: Redactor, limits: ExtractLimits, at: datetime, device_id: str
+) -> tuple[int, str]:
+    """Rewrite a device's own log export as a redacted tar.gz at ``dest``; return (size, SHA-256).
+
+    The export is taken apart safely (``limits``), every text file is masked, and the result is
+    packed with a small ``manifest.json``. This is what tickets attach as "the last collected log".
+
+    Raises:
+        OSError: a local file cannot be read or written.
+    """
+    with tempfile.TemporaryDirectory(prefix="hezo-export-", dir=dest.parent) as tmp:
+        root = Path(tmp)
+        (root / "device-export").mkdir()
+        shutil.copyfile(export, root / "device-export" / export.name)
+        packer = Packer(redactor, limits)
+        entries, errors = packer.process(root, "device-export")
+        manifest = {
+            "device": device_id,
+            "source": "the device's own log export",
+            "taken_at": at.isoformat(),
+            "redacted": True,
+            "files": [entry.to_json() for entry in entries],
+            "errors": errors,
+        }
+        return write_bundle(dest, manifest, entries, at)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import shutil
 import socket
 import threading
 import time
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import platformdirs
 
+from agent.bundle_pack import redact_export
 from agent.clock import Clock, SystemClock
 from agent.finding_watch import FindingWatch
 from agent.flapping import PROBLEM_FLAPPING, FlapStarted, FlapState, FlapStopped, flap_step
@@ -47,6 +49,7 @@ from collectors.known_hosts import KnownHosts
 from collectors.models import DeviceFacts
 from collectors.pins import PinStore
 from collectors.registry import build_collector
+from collectors.safe_extract import ExtractLimits
 from collectors.syslog import SyslogReceiver
 from collectors.traps import TrapReceiver
 from collectors.ymcs_channel import YmcsAccount
@@ -459,15 +462,24 @@ class Agent:
         """Fetch the device's log export now and keep it as its last collected log."""
         folder = self.data_dir / "logs" / device_id
         folder.mkdir(parents=True, exist_ok=True)
+        raw_dir = folder / ".raw"
+        raw_dir.mkdir(exist_ok=True)
         try:
-            bundle = self.collector(device_id).collect_logs(folder)
+            bundle = self.collector(device_id).collect_logs(raw_dir)
+            # nothing the device wrote leaves unmasked: the ticket attaches the redacted copy
+            dest = folder / bundle.path.name
+            extract = self.config.bundles.extract
+            limits = ExtractLimits(extract.max_files, extract.max_bytes, extract.max_ratio, extract.timeout_s)
+            size, sha = redact_export(bundle.path, dest, self.redactor, limits, bundle.taken_at, device_id)
         except CollectorError as err:
             log.warning("event=log_collect_failed device=%s reason=%s", device_id, err.reason)
             return None
-        self.store.save_log(device_id, bundle.path, bundle.size_bytes, bundle.sha256, bundle.taken_at)
+        finally:
+            shutil.rmtree(raw_dir, ignore_errors=True)
+        self.store.save_log(device_id, dest, size, sha, bundle.taken_at)
         for old in sorted(folder.glob("*.tar.gz"))[:-KEEP_LOGS_PER_DEVICE]:
             old.unlink(missing_ok=True)
-        return bundle.path
+        return dest
 
     def last_log_attachment(self, device_id: str) -> Attachment | None:
         """Return the device's last collected log as a ticket attachment, if one exists."""

@@ -395,3 +395,46 @@ def test_secrets_never_reach_a_ticket_body_or_comment(tmp_path: Path) -> None:
         assert "answered slowly" in ticket.body, "ordinary words stay"
     finally:
         agent.stop()
+
+
+def test_the_device_log_attached_to_a_ticket_is_redacted(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    from scripted import ScriptedCollector
+
+    from collectors.models import LogBundle
+
+    secret_line = b"account.1.password = Sip-Tajne-42\nnormal line stays\n"
+
+    class LeakyExport(ScriptedCollector):
+        def collect_logs(self, dest_dir: Path) -> LogBundle:
+            path = dest_dir / "export.tar.gz"
+            with tarfile.open(path, "w:gz") as tar:
+                info = tarfile.TarInfo("sys.log")
+                info.size = len(secret_line)
+                tar.addfile(info, io.BytesIO(secret_line))
+            return LogBundle(self.device.id, self.clock.now(), path, path.stat().st_size, "x")
+
+    clock = FakeClock(MONDAY)
+    raw = {"sites": [site("hq")], "devices": devices("hq", 1)}
+    agent, scripts = scripted_agent(tmp_path, raw, clock)
+    agent._collectors["hq-1"] = LeakyExport(agent.config.device("hq-1"), scripts["hq-1"], clock)
+    try:
+        poll_round(agent, clock)
+        scripts["hq-1"].up = False
+        for _ in range(4):
+            poll_round(agent, clock, 10)
+        (ticket,) = tickets(agent)
+        (attached,) = ticket.attachments
+        with tarfile.open(attached.path, "r:gz") as tar:
+            names = tar.getnames()
+            text = b"".join(
+                tar.extractfile(m).read()
+                for m in tar.getmembers()
+                if m.isfile()  # type: ignore[union-attr]
+            )
+        assert "manifest.json" in names
+        assert b"Sip-Tajne-42" not in text and b"normal line stays" in text
+    finally:
+        agent.stop()
