@@ -37,6 +37,9 @@ from config.loader import load_config
 from config.schema import AgentConfig
 
 EXECUTABLE = Path(sys.executable).parent / "hezo-agent"
+#: an existing program outside the paths the sandbox hides, standing in for a system-wide install
+#: (the checkout itself may live under /tmp, which preflight rightly rejects)
+INSTALLED = Path("/usr/bin/true")
 
 
 def _config(tmp_path: Path, extra: str = "", name: str = "hezo.yaml") -> tuple[AgentConfig, Path]:
@@ -164,7 +167,7 @@ def test_preflight_names_paths_the_sandbox_hides(tmp_path: Path) -> None:
     assert "data folder /root/data is under /root" in problems
     assert "executable /tmp/venv/bin/hezo-agent is under /tmp" in problems
     ok = dataclasses.replace(
-        spec, config=Path("/etc/hezo-agent/hezo.yaml"), data_dir=DATA_DIR, executable=EXECUTABLE
+        spec, config=Path("/etc/hezo-agent/hezo.yaml"), data_dir=DATA_DIR, executable=INSTALLED
     )
     assert preflight(ok) == []
 
@@ -196,7 +199,7 @@ class FakeSystem:
 
 def _installable(tmp_path: Path) -> UnitSpec:
     spec = _spec(tmp_path)
-    return dataclasses.replace(spec, config=Path("/etc/hezo-agent/hezo.yaml"),
+    return dataclasses.replace(spec, config=Path("/etc/hezo-agent/hezo.yaml"), executable=INSTALLED,
                                environment_file=tmp_path / "etc" / "hezo-agent.env")  # fmt: skip
 
 
