@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -12,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import platformdirs
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -24,8 +26,19 @@ from uploader.base import BackendError
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 
 
+def default_config_path() -> Path:
+    """Where the config is looked for without ``-c``: ``$HEZO_AGENT_CONFIG``, else the user config folder."""
+    env = os.environ.get("HEZO_AGENT_CONFIG")
+    if env:
+        return Path(env)
+    return Path(platformdirs.user_config_dir("hezo-agent", appauthor=False)) / "hezo-agent.yaml"
+
+
 def _config_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-c", "--config", required=True, type=Path, help="the agent's YAML config")
+    parser.add_argument(
+        "-c", "--config", type=Path, default=default_config_path(),
+        help="the agent's YAML config (default: $HEZO_AGENT_CONFIG, else %(default)s)",
+    )
     parser.add_argument("--data-dir", type=Path, help="override agent.data_dir")
 
 

@@ -6,14 +6,16 @@ simulated server (the rest of the simulator is unchanged):
 
 * **slowloris**: every HTTP answer drips its status line one byte every 0.2 s, forever;
 * **10 GiB log stream**: the log export streams up to 10 GiB as fast as it can, chunked, no length;
-* **gzip bomb**: the log export is a ~10 MB gzip that expands to 10 GiB;
+* **gzip bomb**: the log export is a valid ~10 MB tar.gz that expands to 10 GiB;
 * **zip-slip archive**: the log export's tar has members ``../../…`` and ``/tmp/…``;
 * **symlink archive**: a member ``log/link`` → ``/etc/passwd``, then a file written through it;
 * **changed certificate**: after the agent pinned it, the device presents another certificate;
 
 and through the agent's SSH transport (the code of the SSH poll channel) against devices of the
 same fleet: a **changed host key** (the simulator's ``hostkey-change`` fault), an SSH command
-that **drips** one byte every 0.2 s and one that streams **endless** output.
+that **drips** one byte every 0.2 s and one that streams **endless** output. The three hostile
+archives also go straight through the agent's extractor (``collectors.safe_extract``, default
+limits): each must be rejected, bounded in time, with nothing left behind.
 
 The real :class:`~agent.daemon.Agent` polls every device (HTTP, every 5 s here) and collects
 each one's log export after its first good poll, as ``hezo-agent run`` does. Measured per case:
@@ -24,15 +26,16 @@ SSH logins) after the identity change, and the lateness of the healthy devices' 
 from __future__ import annotations
 
 import asyncio
-import gzip
 import io
 import logging
 import os
 import shutil
+import struct
 import sys
 import tarfile
 import tempfile
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib.util import find_spec
@@ -79,7 +82,7 @@ class Size:
 
 SIZES = {
     "smoke": Size(healthy=3, interval_s=2.0, seconds=6.0, bomb_gib=1, timeout_s=1.0),
-    "quick": Size(healthy=20, interval_s=5.0, seconds=25.0, bomb_gib=10, timeout_s=5.0),
+    "quick": Size(healthy=20, interval_s=5.0, seconds=28.0, bomb_gib=10, timeout_s=5.0),
     "full": Size(healthy=60, interval_s=5.0, seconds=45.0, bomb_gib=10, timeout_s=5.0),
 }
 
@@ -129,12 +132,28 @@ def symlink_archive(tag: str) -> bytes:
 
 
 def gzip_bomb(gib: int) -> tuple[bytes, int]:
-    """A tar.gz whose one member is ``gib`` GiB of zeros: many gzip members of 1 MiB of zeros each."""
+    """A valid single-member tar.gz whose one member is ``gib`` GiB of zeros (~1 KB per MiB).
+
+    After a full flush a deflate stream restarts from an empty window, so 1 MiB of zeros
+    compresses to the same bytes every time: the block is computed once and repeated.
+    """
     header = tarfile.TarInfo("log/sys.log")
     header.size = gib * GiB
-    head = gzip.compress(header.tobuf(format=tarfile.GNU_FORMAT), 9)
-    block = gzip.compress(bytes(MiB), 9)
-    return head + block * (gib * 1024), gib * GiB
+    head = header.tobuf(format=tarfile.GNU_FORMAT)
+    tail = bytes(1024)  # the tar end-of-archive blocks
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    first = deflate.compress(head) + deflate.flush(zlib.Z_FULL_FLUSH)
+    block = deflate.compress(bytes(MiB)) + deflate.flush(zlib.Z_FULL_FLUSH)
+    last = deflate.compress(tail) + deflate.flush()
+    crc = zlib.crc32(head)
+    zeros = bytes(MiB)
+    for _ in range(gib * 1024):
+        crc = zlib.crc32(zeros, crc)
+    crc = zlib.crc32(tail, crc)
+    size = len(head) + gib * GiB + len(tail)
+    gz_header = b"\x1f\x8b\x08\x00" + struct.pack("<I", 0) + b"\x02\x03"
+    trailer = struct.pack("<II", crc, size & 0xFFFFFFFF)
+    return gz_header + first + block * (gib * 1024) + last + trailer, size
 
 
 # --- the hostile handlers (bench-only replacements of a simulated device's HTTP handler) -----------
@@ -380,6 +399,49 @@ def _noting(collect: Callable[[Path], Any], case: Case) -> Callable[[Path], Any]
     return wrapper
 
 
+def extraction_cases(hostile: Hostile, workdir: Path) -> dict[str, tuple[str, str, str, bool | None]]:
+    """Each hostile archive through the agent's extractor (``collectors.safe_extract``, default limits)."""
+    if find_spec("collectors.safe_extract") is None:
+        row = (
+            "archive extraction (gzip bomb, zip-slip, symlink)",
+            "not measured: component missing",
+            "",
+            None,
+        )
+        return {"missing": row}
+    from collectors.safe_extract import ExtractLimits, UnsafeArchive, safe_extract
+
+    archives = {
+        "gzip_bomb": hostile.bomb,
+        "zip_slip": zip_slip(hostile.tag),
+        "symlink": symlink_archive(hostile.tag),
+    }
+    rows: dict[str, tuple[str, str, str, bool | None]] = {}
+    for name, data in archives.items():
+        source = workdir / "data" / f"extract-{name}.tar.gz"
+        source.write_bytes(data)
+        dest = workdir / "data" / f"extract-{name}"
+        started = time.monotonic()
+        try:
+            files = safe_extract(source, dest, ExtractLimits())
+            outcome, rejected = f"extracted {len(files)} files", False
+        except UnsafeArchive as err:
+            outcome, rejected = f"rejected: {str(err)[-100:]}", True
+        except CollectorError as err:
+            outcome, rejected = f"refused: {str(err)[-100:]}", True
+        seconds = time.monotonic() - started
+        left = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file()) if dest.exists() else 0
+        value = f"{outcome}; {fmt_s(seconds)}, {left} bytes left in the folder"
+        ok = rejected and left == 0 and seconds <= ExtractLimits().timeout_s
+        rows[name] = (
+            f"extraction of the {name.replace('_', ' ')} (collectors.safe_extract)",
+            value,
+            "rejected, nothing left",
+            ok,
+        )
+    return rows
+
+
 def outside_files(workdir: Path, tag: str) -> list[str]:
     """Files a malicious archive would have planted: anywhere named by the tag, or outside ``data/``."""
     found = [str(p) for p in Path(tempfile.gettempdir()).glob(f"hezo-*{tag}*")]
@@ -407,7 +469,6 @@ def finish(
     t0: float,
 ) -> None:
     """Fill the table."""
-    extract = find_spec("agent.safe_extract") is not None
     for name in HTTP_CASES:
         case = hostile.cases[name]
         dev = case.device_id
@@ -417,11 +478,14 @@ def finish(
             path = runs[-1][2]
             case.kept_bytes = path.stat().st_size if path is not None and path.exists() else 0
             why = "; ".join(sorted(set(case.notes)))
-            case.result = "log kept as the last log" if path is not None else f"log refused ({why})"
+            case.result = (
+                "kept as the last log (the agent's redacted copy)" if path is not None else f"refused ({why})"
+            )
             case.attempts = len(runs)
         outcome = outcomes.get(dev)
         if name in ("slowloris", "cert_change") and outcome is not None:
-            mine = [p for p in polls if p[0] == dev and p[3] >= (case.started or t0)]
+            ended = t0 + size.seconds  # polls cut by the end of the run do not count
+            mine = [p for p in polls if p[0] == dev and (case.started or t0) <= p[3] <= ended]
             case.seconds = max((p[3] - p[2] for p in mine), default=float("nan"))
             case.result = f"polls fail: {outcome.reason} ({str(outcome.detail)[-120:]})"
     bounded = {
@@ -442,8 +506,8 @@ def finish(
         c = hostile.cases[name]
         target, check = bounded[name]
         value = (
-            f"{c.attempts} attempt(s), longest {fmt_s(c.seconds)}, served {c.sent_bytes / MiB:.1f} MB, "
-            f"kept {c.kept_bytes / MiB:.1f} MB; {c.result}"
+            f"{c.attempts} attempt(s), longest {fmt_s(c.seconds)}, served {c.sent_bytes / 1024:.0f} KB, "
+            f"kept {c.kept_bytes / 1024:.1f} KB; {c.result}"
         )
         if name == "log_stream":
             value = f"{c.attempts} attempt(s), longest {fmt_s(c.seconds)}, kept {c.kept_bytes / MiB:.1f} MB; "
@@ -471,12 +535,8 @@ def finish(
         "0",
         not outside,
     )
-    report.add(
-        "archive extraction (gzip bomb, zip-slip, symlink)",
-        "measured with agent.safe_extract"
-        if extract
-        else "not measured: component missing (agent/safe_extract.py); the agent stores archives unopened",
-    )
+    for row in extraction_cases(hostile, workdir).values():
+        report.add(*row)
     hostile_ids = set(ids.values())
     window = [p for p in polls if p[0] not in hostile_ids and p[2] >= t0 + size.interval_s]
     late = [p[2] - p[1] for p in window]
@@ -487,8 +547,14 @@ def finish(
         "max ≤ 5 s",
         worst <= 5.0,
     )
-    failed = sum(1 for d, o in outcomes.items() if d not in hostile_ids and not o.ok)
-    report.add("healthy devices whose last poll failed", str(failed), "0", failed == 0)
+    failed = [
+        f"{d}: {o.reason} ({str(o.detail)[-80:]})"
+        for d, o in outcomes.items()
+        if d not in hostile_ids and not o.ok
+    ]
+    report.add(
+        "healthy devices whose last poll failed", "; ".join([str(len(failed)), *failed]), "0", not failed
+    )
     report.notes += [
         f"gzip bomb: {len(hostile.bomb) / MiB:.1f} MB that expands to {hostile.bomb_expands / GiB:.0f} GiB; "
         "the "

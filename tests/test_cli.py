@@ -95,6 +95,21 @@ def test_status_and_tickets_on_a_fresh_data_dir(fleet_config: Path) -> None:
     assert json.loads(tickets.stdout) == []
 
 
+def test_without_c_the_config_comes_from_hezo_agent_config(
+    fleet_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HEZO_AGENT_CONFIG", str(fleet_config))
+    status = run("status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert len(json.loads(status.stdout)) == 4
+    monkeypatch.setenv("HEZO_AGENT_CONFIG", str(fleet_config.with_name("missing.yaml")))
+    missing = run("status")
+    assert (
+        missing.returncode == 2
+        and "missing.yaml: file not found (give the path with -c FILE)" in missing.stderr
+    )
+
+
 def test_demo_json_shows_an_outage_a_flapping_device_and_a_site_network_outage() -> None:
     result = run("demo", "--json", "--seconds", "80", timeout=120)
     assert result.returncode == 0, result.stderr
