@@ -311,3 +311,73 @@ def test_the_commented_example_block_is_a_valid_freshdesk_section() -> None:
     section = yaml.safe_load("\n".join(line[5:] for line in block.group(1).splitlines()))
     settings = FreshdeskSettings.model_validate(section)
     assert settings.priorities.critical == 4 and settings.max_total_attachment_bytes == 20_000_000
+
+
+# --- has_attachment ------------------------------------------------------------------------
+
+SPLIT = FreshdeskSettings.model_validate(
+    SETTINGS.model_dump() | {"max_attachment_bytes": 1024, "max_total_attachment_bytes": 1_000_000}
+)
+
+
+def _files(*files: tuple[str, int]) -> list[dict[str, object]]:
+    return [
+        {
+            "id": 5000 + n,
+            "name": name,
+            "content_type": "application/octet-stream",
+            "size": size,
+            "attachment_url": f"https://s3.amazonaws.com/cdn.freshdesk.com/data/helpdesk/{5000 + n}",
+            "created_at": "2026-01-05T09:00:00Z",
+            "updated_at": "2026-01-05T09:00:00Z",
+        }
+        for n, (name, size) in enumerate(files)
+    ]
+
+
+def _mock_listing(
+    rsps: responses.RequestsMock, on_ticket: list[tuple[str, int]], in_notes: list[tuple[str, int]]
+) -> None:
+    rsps.get(f"{TICKETS}/20", json=_ticket_json() | {"attachments": _files(*on_ticket)})
+    note = _conversation(1, "Attached", "2026-01-05T09:05:00Z") | {"attachments": _files(*in_notes)}
+    rsps.get(
+        f"{TICKETS}/20/conversations",
+        json=[note, _conversation(2, "ok", "2026-01-05T09:06:00Z")],
+        match=[matchers.query_param_matcher({"per_page": "100"})],
+    )
+
+
+def test_has_attachment_looks_at_the_ticket_and_its_conversations(
+    freshdesk: FreshdeskBackend, rsps: responses.RequestsMock
+) -> None:
+    _mock_listing(rsps, [("bundle.tar.gz", 3000)], [("device.log", 2500)])
+    assert freshdesk.has_attachment(REF, "device.log", "ab" * 32, 2500) is True
+    _mock_listing(rsps, [("bundle.tar.gz", 3000)], [("device.log", 2500)])
+    assert freshdesk.has_attachment(REF, "bundle.tar.gz", "ab" * 32, 3000) is True
+    _mock_listing(rsps, [("bundle.tar.gz", 3000)], [("device.log", 2500)])
+    assert freshdesk.has_attachment(REF, "device.log", "", 2400) is False
+    _mock_listing(rsps, [], [])
+    assert freshdesk.has_attachment(REF, "device.log", "", 2500) is False
+
+
+def test_has_attachment_finds_a_split_file_by_its_parts(tmp_path: Path, rsps: responses.RequestsMock) -> None:
+    backend = FreshdeskBackend(SPLIT, TOKEN, journal_path=tmp_path / "j.sqlite", clock=FakeClock())
+    parts = [("capture.pcap.001", 1024), ("capture.pcap.002", 1024), ("capture.pcap.003", 452)]
+    _mock_listing(rsps, [], parts)
+    assert backend.has_attachment(REF, "capture.pcap", "", 2500) is True
+    _mock_listing(rsps, [], parts)
+    assert backend.has_attachment(REF, "capture.pcap.002", "", 1024) is True
+    _mock_listing(rsps, [], [*parts[:2], ("capture.pcap.003", 451)])
+    assert backend.has_attachment(REF, "capture.pcap", "", 2500) is False
+    backend.close()
+
+
+def test_has_attachment_cannot_tell_on_a_missing_ticket_and_raises_on_a_server_error(
+    freshdesk: FreshdeskBackend, rsps: responses.RequestsMock
+) -> None:
+    rsps.get(f"{TICKETS}/20", status=404, body="")
+    assert freshdesk.has_attachment(REF, "device.log", "", 10) is None
+    rsps.get(f"{TICKETS}/20", status=502, body="<html>Bad Gateway</html>")
+    with pytest.raises(BackendError) as err:
+        freshdesk.has_attachment(REF, "device.log", "", 10)
+    assert err.value.retryable

@@ -502,3 +502,80 @@ def test_plain_http_is_allowed_for_a_loopback_test_server() -> None:
     assert JiraSettings.model_validate(SETTINGS.model_dump() | {"url": "http://127.0.0.1:8080/"}).url == (
         "http://127.0.0.1:8080"
     )
+
+
+# --- has_attachment ------------------------------------------------------------------------
+
+SPLIT = JiraSettings.model_validate(
+    SETTINGS.model_dump() | {"max_attachment_bytes": 1024, "max_total_attachment_bytes": 1_000_000}
+)
+
+
+def _issue_attachments(*files: tuple[str, int]) -> dict[str, object]:
+    return {
+        "id": "10002",
+        "key": "HZ-7",
+        "fields": {
+            "attachment": [
+                {
+                    "id": str(10100 + n),
+                    "filename": name,
+                    "size": size,
+                    "mimeType": "application/octet-stream",
+                    "created": "2026-01-05T09:00:00.000+0000",
+                    "content": f"{BASE}/rest/api/3/attachment/content/{10100 + n}",
+                    "author": {"accountId": "5b10ac8d82e05b22cc7d4ef5", "displayName": "hezo-agent"},
+                }
+                for n, (name, size) in enumerate(files)
+            ]
+        },
+    }
+
+
+def _mock_issue(rsps: responses.RequestsMock, *files: tuple[str, int]) -> None:
+    rsps.get(
+        f"{BASE}/rest/api/3/issue/HZ-7",
+        json=_issue_attachments(*files),
+        match=[matchers.query_param_matcher({"fields": "attachment"})],
+    )
+
+
+def test_has_attachment_matches_the_issue_files_by_name_and_size(
+    jira: JiraBackend, rsps: responses.RequestsMock
+) -> None:
+    _mock_issue(rsps, ("device.log", 2500), ("other.pcap", 10))
+    assert jira.has_attachment(REF, "device.log", "ab" * 32, 2500) is True
+    _mock_issue(rsps, ("device.log", 2500))
+    assert jira.has_attachment(REF, "device.log", "ab" * 32, 2501) is False
+    _mock_issue(rsps)
+    assert jira.has_attachment(REF, "device.log", "ab" * 32, 2500) is False
+
+
+def test_has_attachment_finds_a_split_file_by_its_parts(tmp_path: Path, rsps: responses.RequestsMock) -> None:
+    backend = JiraBackend(SPLIT, TOKEN, journal_path=tmp_path / "j.sqlite", clock=FakeClock())
+    parts = [("capture.pcap.001", 1024), ("capture.pcap.002", 1024), ("capture.pcap.003", 452)]
+    _mock_issue(rsps, *parts)
+    assert backend.has_attachment(REF, "capture.pcap", "", 2500) is True
+    _mock_issue(rsps, *parts)
+    assert backend.has_attachment(REF, "capture.pcap.002", "", 1024) is True
+    _mock_issue(rsps, *parts[:2])
+    assert backend.has_attachment(REF, "capture.pcap", "", 2500) is False
+    backend.close()
+
+
+def test_has_attachment_cannot_tell_on_a_refused_or_odd_listing_and_raises_when_down(
+    jira: JiraBackend, rsps: responses.RequestsMock
+) -> None:
+    url = f"{BASE}/rest/api/3/issue/HZ-7"
+    rsps.get(url, status=404, json={"errorMessages": ["Issue does not exist"], "errors": {}})
+    assert jira.has_attachment(REF, "device.log", "", 10) is None
+    rsps.get(url, json={"id": "10002", "key": "HZ-7"})
+    assert jira.has_attachment(REF, "device.log", "", 10) is None
+    rsps.get(url, status=503, body="Service Unavailable")
+    with pytest.raises(BackendError) as err:
+        jira.has_attachment(REF, "device.log", "", 10)
+    assert err.value.retryable
+    rsps.get(url, status=401, json={"errorMessages": ["unauthorized"]})
+    with pytest.raises(BackendAuthError):
+        jira.has_attachment(REF, "device.log", "", 10)
+    assert jira.has_attachment(REF, "huge.log", "", jira.limits.max_total_attachment_bytes + 1) is None

@@ -381,3 +381,95 @@ def test_the_commented_example_block_is_a_valid_servicenow_section() -> None:
     section = yaml.safe_load("\n".join(line[5:] for line in block.group(1).splitlines()))
     settings = ServiceNowSettings.model_validate(section)
     assert settings.priorities.critical.impact == 1 and settings.fields == {"serial": "u_serial"}
+
+
+# --- has_attachment ------------------------------------------------------------------------
+
+ATTACHMENTS = f"{BASE}/api/now/attachment"
+
+
+def _attachment_rows(*files: tuple[str, int, str]) -> dict[str, object]:
+    return {
+        "result": [
+            {
+                "sys_id": f"a8e3b1f0db1f1010c1d6f3d5ca9619{n:02d}",
+                "file_name": name,
+                "table_name": "incident",
+                "table_sys_id": SYS_ID,
+                "content_type": "application/octet-stream",
+                "size_bytes": str(size),
+                "size_compressed": str(size // 2),
+                "hash": digest,
+                "download_link": f"{ATTACHMENTS}/a8e3b1f0db1f1010c1d6f3d5ca9619{n:02d}/file",
+                "sys_created_on": "2026-01-05 09:00:00",
+            }
+            for n, (name, size, digest) in enumerate(files)
+        ]
+    }
+
+
+def _mock_rows(rsps: responses.RequestsMock, *files: tuple[str, int, str]) -> None:
+    rsps.get(
+        ATTACHMENTS,
+        json=_attachment_rows(*files),
+        match=[
+            matchers.query_param_matcher(
+                {"sysparm_query": f"table_sys_id={SYS_ID}", "sysparm_limit": "100", "sysparm_offset": "0"}
+            )
+        ],
+    )
+
+
+def test_has_attachment_matches_name_and_size_and_a_sha256_hash_when_given(
+    snow: ServiceNowBackend, rsps: responses.RequestsMock
+) -> None:
+    md5 = "9e107d9d372bb6826bd81d3542a419d6"
+    _mock_rows(rsps, ("device.log", 900, md5))
+    assert snow.has_attachment(REF, "device.log", "ab" * 32, 900) is True  # an MD5 is not compared
+    _mock_rows(rsps, ("device.log", 900, "ab" * 32))
+    assert snow.has_attachment(REF, "device.log", "AB" * 32, 900) is True
+    _mock_rows(rsps, ("device.log", 900, "cd" * 32))
+    assert snow.has_attachment(REF, "device.log", "ab" * 32, 900) is False
+    _mock_rows(rsps, ("device.log", 900, md5))
+    assert snow.has_attachment(REF, "device.log", "", 901) is False
+    rsps.get(ATTACHMENTS, json={"result": []})
+    assert snow.has_attachment(REF, "device.log", "", 900) is False
+
+
+def test_has_attachment_finds_a_split_file_by_its_parts(
+    snow: ServiceNowBackend, rsps: responses.RequestsMock
+) -> None:
+    parts = [("capture.pcap.001", 1024, ""), ("capture.pcap.002", 1024, ""), ("capture.pcap.003", 452, "")]
+    _mock_rows(rsps, *parts)
+    assert snow.has_attachment(REF, "capture.pcap", "ab" * 32, 2500) is True
+    _mock_rows(rsps, *parts)
+    assert snow.has_attachment(REF, "capture.pcap.001", "", 1024) is True
+    _mock_rows(rsps, parts[0], parts[2])  # a crash between the one-file-per-request uploads
+    assert snow.has_attachment(REF, "capture.pcap", "ab" * 32, 2500) is False
+
+
+def test_has_attachment_follows_the_link_header(
+    snow: ServiceNowBackend, rsps: responses.RequestsMock
+) -> None:
+    next_url = f"{ATTACHMENTS}?sysparm_query=table_sys_id%3D{SYS_ID}&sysparm_limit=100&sysparm_offset=100"
+    rsps.get(
+        ATTACHMENTS,
+        json=_attachment_rows(("photo.png", 77, "")),
+        headers={"Link": f'<{ATTACHMENTS}?sysparm_offset=0>;rel="first",<{next_url}>;rel="next"'},
+        match=[
+            matchers.query_param_matcher({"sysparm_query": f"table_sys_id={SYS_ID}"}, strict_match=False)
+        ],
+    )
+    rsps.get(next_url, json=_attachment_rows(("device.log", 900, "")))
+    assert snow.has_attachment(REF, "device.log", "", 900) is True
+
+
+def test_has_attachment_cannot_tell_when_the_listing_is_refused(
+    snow: ServiceNowBackend, rsps: responses.RequestsMock
+) -> None:
+    rsps.get(
+        ATTACHMENTS,
+        status=400,
+        json={"error": {"message": "Invalid query", "detail": None}, "status": "failure"},
+    )
+    assert snow.has_attachment(REF, "device.log", "", 900) is None

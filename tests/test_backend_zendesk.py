@@ -380,3 +380,89 @@ def test_the_commented_example_block_is_a_valid_zendesk_section() -> None:
     section = yaml.safe_load("\n".join(line[5:] for line in block.group(1).splitlines()))
     settings = ZendeskSettings.model_validate(section)
     assert settings.priorities.medium == "normal" and settings.custom_fields == {"serial": 360001234567}
+
+
+# --- has_attachment ------------------------------------------------------------------------
+
+SPLIT = ZendeskSettings.model_validate(
+    SETTINGS.model_dump() | {"max_attachment_bytes": 1024, "max_total_attachment_bytes": 1_000_000}
+)
+COMMENTS = f"{BASE}/api/v2/tickets/35436/comments"
+
+
+def _with_files(cid: int, *files: tuple[str, int]) -> dict[str, object]:
+    comment = _comment(cid, "Attached", "2026-01-05T09:00:00Z")
+    comment["attachments"] = [
+        {
+            "id": 498483 + n,
+            "file_name": name,
+            "content_url": f"{BASE}/attachments/token/tyBq1ms40dFaHefSIigxZpwGg/?name={name}",
+            "content_type": "application/octet-stream",
+            "size": size,
+            "inline": False,
+            "thumbnails": [],
+        }
+        for n, (name, size) in enumerate(files)
+    ]
+    return comment
+
+
+def _mock_comments(rsps: responses.RequestsMock, *comments: dict[str, object]) -> None:
+    rsps.get(
+        COMMENTS,
+        json={"comments": list(comments), "meta": {"has_more": False}, "links": {"next": None}},
+        match=[matchers.query_param_matcher({"page[size]": "100"})],
+    )
+
+
+def test_has_attachment_looks_through_every_comment_page(
+    zendesk: ZendeskBackend, rsps: responses.RequestsMock
+) -> None:
+    next_url = f"{COMMENTS}.json?page%5Bafter%5D=xxx&page%5Bsize%5D=100"
+    rsps.get(
+        COMMENTS,
+        json={
+            "comments": [_with_files(1, ("photo.png", 77))],
+            "meta": {"has_more": True, "after_cursor": "xxx"},
+            "links": {"next": next_url, "prev": None},
+        },
+        match=[matchers.query_param_matcher({"page[size]": "100"})],
+    )
+    rsps.get(
+        next_url,
+        json={
+            "comments": [_with_files(2, ("device.log", 2500))],
+            "meta": {"has_more": False},
+            "links": {"next": None, "prev": None},
+        },
+    )
+    assert zendesk.has_attachment(REF, "device.log", "ab" * 32, 2500) is True
+
+
+def test_has_attachment_is_false_for_another_name_or_size(
+    zendesk: ZendeskBackend, rsps: responses.RequestsMock
+) -> None:
+    no_files = _comment(2, "no files", "2026-01-05T09:01:00Z")
+    _mock_comments(rsps, _with_files(1, ("device.log", 2500)), no_files)
+    assert zendesk.has_attachment(REF, "device.log", "", 2499) is False
+    _mock_comments(rsps, _with_files(1, ("device.log", 2500)))
+    assert zendesk.has_attachment(REF, "system.log", "", 2500) is False
+
+
+def test_has_attachment_finds_a_split_file_by_its_parts(tmp_path: Path, rsps: responses.RequestsMock) -> None:
+    backend = ZendeskBackend(SPLIT, TOKEN, journal_path=tmp_path / "j.sqlite", clock=FakeClock())
+    parts = [("capture.pcap.001", 1024), ("capture.pcap.002", 1024), ("capture.pcap.003", 452)]
+    _mock_comments(rsps, _with_files(1, *parts))
+    assert backend.has_attachment(REF, "capture.pcap", "", 2500) is True
+    _mock_comments(rsps, _with_files(1, *parts))
+    assert backend.has_attachment(REF, "capture.pcap.003", "", 452) is True
+    _mock_comments(rsps, _with_files(1, *parts[1:]))
+    assert backend.has_attachment(REF, "capture.pcap", "", 2500) is False
+    backend.close()
+
+
+def test_has_attachment_cannot_tell_when_the_ticket_listing_is_refused(
+    zendesk: ZendeskBackend, rsps: responses.RequestsMock
+) -> None:
+    rsps.get(COMMENTS, status=404, json={"error": "RecordNotFound", "description": "Not found"})
+    assert zendesk.has_attachment(REF, "device.log", "", 10) is None

@@ -10,6 +10,14 @@ Error mapping (the only place a vendor's HTTP answer becomes our error):
 * any other 4xx → :class:`BackendRejected` quoting the vendor's error body.
 
 Every message is scrubbed of the backend's secrets before it leaves this module.
+
+``has_attachment`` (asked by the outbox only when an upload's answer was lost) lists the
+ticket's files and matches them by name and size (:func:`match_listing`); the vendors give no
+SHA-256, so the hash is compared only where a listing carries one. It answers ``None`` ("cannot
+tell, send again") when the listing is refused (404 or another 4xx: the attach itself will get
+the real answer) or has an unexpected shape, and for a file bigger than the total limit (trimmed
+or left out, so its size says nothing). A retryable failure or rejected credentials raise as
+everywhere else: resending blind while the helpdesk is down would risk a duplicate.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import base64
 import hashlib
 import json
 import logging
+import math
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -200,13 +209,23 @@ class RestClient:
         return BackendRejected(message)
 
 
+class UnexpectedAnswer(BackendError):
+    """A 2xx answer of an unexpected shape (missing key, wrong type); retryable like any BackendError."""
+
+
 @contextmanager
 def reading(backend: str, what: str) -> Iterator[None]:
-    """Turn a helpdesk answer of an unexpected shape (missing key, wrong type) into a BackendError."""
+    """Turn a helpdesk answer of an unexpected shape (missing key, wrong type) into a BackendError.
+
+    Raises:
+        UnexpectedAnswer: the body inside the block did not have the expected shape.
+    """
     try:
         yield
     except (KeyError, IndexError, TypeError, ValueError, AttributeError) as err:
-        raise BackendError(f"{backend}: unexpected answer to {what}: {type(err).__name__}: {err}") from None
+        raise UnexpectedAnswer(
+            f"{backend}: unexpected answer to {what}: {type(err).__name__}: {err}"
+        ) from None
 
 
 def client_for(
@@ -251,6 +270,72 @@ def basic_auth(user: str, password: str) -> tuple[str, str]:
     """Return the ``Authorization`` value for HTTP Basic and the encoded form to redact."""
     encoded = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
     return f"Basic {encoded}", encoded
+
+
+# --- attachment listings -----------------------------------------------------------------
+
+
+_SHA256_HEX = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True, slots=True)
+class ListedFile:
+    """One file a helpdesk lists on a ticket: its name, size and SHA-256 (hex) if the vendor gives one."""
+
+    name: str
+    size: int
+    sha256: str = ""
+
+    @classmethod
+    def of(cls, name: Any, size: Any, digest: Any = None) -> ListedFile:
+        """Build one from a listing's raw values; a hash that is not a SHA-256 (e.g. MD5) is ignored.
+
+        Raises:
+            ValueError: ``size`` is not a whole number.
+            TypeError: ``size`` is missing.
+        """
+        text = str(digest or "").strip().lower()
+        sha = text if len(text) == 64 and set(text) <= _SHA256_HEX else ""
+        return cls(str(name), int(size), sha)
+
+
+def split_pieces(name: str, size_bytes: int, max_file_bytes: int) -> list[tuple[str, int]]:
+    """Return the (name, size) of the parts :func:`~uploader.attachments.plan_attachments` cuts a file into.
+
+    A file that fits ``max_file_bytes`` is one part under its own name; a bigger one becomes
+    ``name.001``, ``name.002``, … of ``max_file_bytes`` each, the last one the rest.
+    """
+    if size_bytes <= max_file_bytes:
+        return [(name, size_bytes)]
+    parts = math.ceil(size_bytes / max_file_bytes)
+    width = max(3, len(str(parts)))
+    return [
+        (f"{name}.{n:0{width}d}", min(max_file_bytes, size_bytes - (n - 1) * max_file_bytes))
+        for n in range(1, parts + 1)
+    ]
+
+
+def match_listing(
+    files: Iterable[ListedFile], name: str, sha256: str, size_bytes: int, max_file_bytes: int
+) -> bool:
+    """Return whether ``files`` hold this file, whole or as all the parts a split makes of it.
+
+    A listed file matches by name and size; when both it and the caller carry a SHA-256, the
+    hashes must agree too. Split parts are matched by each part's own name and size (their
+    hashes are those of the parts, so they are not compared with the whole file's).
+    """
+    listed = list(files)
+    want = sha256.strip().lower()
+
+    def whole(f: ListedFile) -> bool:
+        return f.name == name and f.size == size_bytes and (not want or not f.sha256 or f.sha256 == want)
+
+    if any(whole(f) for f in listed):
+        return True
+    if size_bytes <= max_file_bytes:
+        return False
+    present = {(f.name, f.size) for f in listed}
+    return all(piece in present for piece in split_pieces(name, size_bytes, max_file_bytes))
 
 
 # --- open journal ------------------------------------------------------------------------
@@ -418,6 +503,35 @@ class RestBackend(TicketBackend):
         for n, batch in enumerate(self._batches(list(plan.pieces))):
             self._attach_batch(ref, batch, (plan.note_text() or None) if n == 0 else None)
 
+    def has_attachment(self, ref: TicketRef, name: str, sha256: str, size_bytes: int) -> bool | None:
+        """Return whether the ticket lists this file (whole or split), or None when it cannot tell.
+
+        Matching is by name and size over :meth:`_listed_files` (see :func:`match_listing`).
+        None: a file over the total limit (trimmed or left out), a listing refused with a 4xx
+        other than 401/403/408/409/423/425/429, or a listing of an unexpected shape.
+
+        Raises:
+            BackendAuthError: credentials rejected.
+            BackendError: timeout, network failure, 429 or 5xx while listing (retry later).
+        """
+        if size_bytes > self.limits.max_total_attachment_bytes:
+            log.info(
+                "event=attachment_check_unsure backend=%s ref=%s reason=over_total_limit", self.name, ref.id
+            )
+            return None
+        try:
+            files = self._listed_files(ref)
+        except (BackendRejected, UnexpectedAnswer) as err:  # 401/403 are BackendAuthError: they raise
+            log.warning(
+                "event=attachment_check_unsure backend=%s ref=%s reason=%s", self.name, ref.id, err
+            )
+            return None
+        found = match_listing(files, name, sha256, size_bytes, self.limits.max_attachment_bytes)
+        log.info(
+            "event=attachment_checked backend=%s ref=%s name=%s found=%s", self.name, ref.id, name, found
+        )
+        return found
+
     def close(self) -> None:
         """Close the HTTP session and the journal."""
         self.client.session.close()
@@ -448,6 +562,15 @@ class RestBackend(TicketBackend):
 
     def _attach_batch(self, ref: TicketRef, batch: list[AttachmentPiece], note: str | None) -> None:
         raise NotImplementedError
+
+    def _listed_files(self, ref: TicketRef) -> list[ListedFile]:
+        """Return every file the helpdesk lists on the ticket (all pages).
+
+        Raises:
+            UnexpectedAnswer: the listing has an unexpected shape.
+            BackendError: as :meth:`RestClient.request`.
+        """
+        raise UnexpectedAnswer(f"{self.name}: no attachment listing")
 
 
 def collect(fetch: Callable[[Any], tuple[list[Any], Any]], start: Any) -> list[Any]:

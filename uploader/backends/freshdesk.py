@@ -14,6 +14,8 @@ password:
 * priority/resolve/reopen: ``PUT /api/v2/tickets/{id}`` ``{"priority"}`` / ``{"status":4}`` /
   ``{"status":2}``, then a note with the reason;
 * comments: ``GET /api/v2/tickets/{id}/conversations?per_page=100``, following ``Link rel="next"``;
+* attachment check: ``GET /api/v2/tickets/{id}`` → ``attachments[]`` (``name``, ``size``; no
+  hash) plus the conversations' ``attachments[]``;
 * dedupe: ``GET /api/v2/search/tickets?query="tag:'hz-…'"``. Search is an index that lags, so
   the open journal answers first.
 """
@@ -30,6 +32,7 @@ from agent.clock import Clock
 from config.ticketing import FreshdeskSettings
 from uploader.attachments import AttachmentPiece, AttachmentPlan
 from uploader.backends._rest import (
+    ListedFile,
     OpenJournal,
     RestBackend,
     basic_auth,
@@ -117,14 +120,6 @@ class FreshdeskBackend(RestBackend):
         Raises:
             BackendError: a page failed or had an unexpected shape.
         """
-        first = f"/api/v2/tickets/{ref.id}/conversations"
-
-        def fetch(url: str) -> tuple[list[Any], str | None]:
-            data, next_url = self.client.page(url, params={"per_page": _PAGE} if url == first else None)
-            with reading(self.name, "list conversations"):
-                rows = list(data)
-            return rows, next_url if rows else None
-
         with reading(self.name, "list conversations"):
             comments = [
                 Comment(
@@ -133,11 +128,20 @@ class FreshdeskBackend(RestBackend):
                     body=str(c.get("body_text") or c.get("body") or ""),
                     created_at=parse_time(c["created_at"]),
                 )
-                for c in collect(fetch, first)
+                for c in self._conversations(ref)
             ]
         return sorted(comments, key=lambda c: c.created_at)
 
     # --- RestBackend hooks ---------------------------------------------------------------
+
+    def _listed_files(self, ref: TicketRef) -> list[ListedFile]:
+        ticket = self.client.json("GET", f"/api/v2/tickets/{ref.id}")
+        conversations = self._conversations(ref)
+        with reading(self.name, "ticket attachments"):
+            attachments = list(ticket.get("attachments") or [])
+            for c in conversations:
+                attachments.extend(c.get("attachments") or [])
+            return [ListedFile.of(a["name"], a["size"]) for a in attachments]
 
     def _lookup(self, key: str) -> TicketRef | None:
         query = f"\"tag:'{key_tag(key)}'\""
@@ -188,6 +192,18 @@ class FreshdeskBackend(RestBackend):
 
     def _ref(self, ticket_id: int) -> TicketRef:
         return TicketRef(self.name, str(ticket_id), f"{self.client.base_url}/a/tickets/{ticket_id}")
+
+    def _conversations(self, ref: TicketRef) -> list[dict[str, Any]]:
+        """Return the ticket's raw conversations, following ``Link rel="next"``."""
+        first = f"/api/v2/tickets/{ref.id}/conversations"
+
+        def fetch(url: str) -> tuple[list[Any], str | None]:
+            data, next_url = self.client.page(url, params={"per_page": _PAGE} if url == first else None)
+            with reading(self.name, "list conversations"):
+                rows = list(data)
+            return rows, next_url if rows else None
+
+        return collect(fetch, first)
 
     def _priority(self, priority: Priority) -> int:
         return int(getattr(self.settings.priorities, priority.value))

@@ -14,6 +14,8 @@ Issues/Issue search; summary in /work/shared/helpdesk-apis.md §1):
 * resolve/reopen: ``GET /rest/api/3/issue/{key}/transitions?expand=transitions.fields``, then
   ``POST`` ``{"transition":{"id"},"fields":{"resolution":{"name"}}}`` → 204; transitions are
   looked up by name because their ids vary per workflow;
+* attachment check: ``GET /rest/api/3/issue/{key}?fields=attachment`` → ``fields.attachment[]``
+  with ``filename`` and ``size`` (no hash);
 * dedupe: ``GET /rest/api/3/search/jql`` with ``labels = "hz-…"`` (the old ``/search`` answers
   410). The index lags behind a new issue, so the open journal answers first.
 """
@@ -30,6 +32,7 @@ from agent.clock import Clock
 from config.ticketing import JiraSettings
 from uploader.attachments import AttachmentPiece, AttachmentPlan
 from uploader.backends._rest import (
+    ListedFile,
     OpenJournal,
     RestBackend,
     basic_auth,
@@ -187,6 +190,11 @@ class JiraBackend(RestBackend):
         with reading(self.name, "create request"):
             web = (data.get("_links") or {}).get("web")
             return self._ref(str(data["issueKey"]), web), 0
+
+    def _listed_files(self, ref: TicketRef) -> list[ListedFile]:
+        data = self.client.json("GET", f"{_ISSUE}/{ref.id}", params={"fields": "attachment"})
+        with reading(self.name, "issue attachments"):
+            return [ListedFile.of(a["filename"], a["size"]) for a in data["fields"].get("attachment") or []]
 
     def _after_create(self, ref: TicketRef, ticket: Ticket) -> None:
         fields: dict[str, Any] = {}

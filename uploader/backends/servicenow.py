@@ -15,6 +15,9 @@ limiting"; summary in helpdesk-apis.md §3). Bodies are wrapped in ``result``; e
 * comments: ``GET /api/now/table/sys_journal_field?sysparm_query=element_id=…^elementINcomments,
   work_notes^ORDERBYsys_created_on``, paged with ``sysparm_limit``/``sysparm_offset`` and the
   ``Link: <…>;rel="next"`` header; timestamps are UTC ``YYYY-MM-DD HH:MM:SS``;
+* attachment check: ``GET /api/now/attachment?sysparm_query=table_sys_id=…`` → ``file_name``,
+  ``size_bytes`` (a string) and ``hash`` (compared only when it is a SHA-256; older releases
+  give an MD5), paged like the journal;
 * dedupe: ``GET …/incident?sysparm_query=correlation_id=…`` (a database read).
 """
 
@@ -29,6 +32,7 @@ from agent.clock import Clock
 from config.ticketing import ServiceNowSettings
 from uploader.attachments import AttachmentPiece, AttachmentPlan
 from uploader.backends._rest import (
+    ListedFile,
     OpenJournal,
     RestBackend,
     basic_auth,
@@ -44,6 +48,7 @@ from uploader.models import Comment, Priority, Ticket, TicketRef
 
 _TABLE = "/api/now/table/incident"
 _JOURNAL = "/api/now/table/sys_journal_field"
+_ATTACHMENTS = "/api/now/attachment"
 _PAGE = 100
 _SHORT_CHARS = 160
 
@@ -183,6 +188,23 @@ class ServiceNowBackend(RestBackend):
         )
         with reading(self.name, "create incident"):
             return self._ref(str(data["result"]["sys_id"])), 0
+
+    def _listed_files(self, ref: TicketRef) -> list[ListedFile]:
+        params = {
+            "sysparm_query": f"table_sys_id={ref.id}",
+            "sysparm_limit": _PAGE,
+            "sysparm_offset": 0,
+        }
+
+        def fetch(url: str) -> tuple[list[Any], str | None]:
+            data, next_url = self.client.page(url, params=params if url == _ATTACHMENTS else None)
+            with reading(self.name, "list attachments"):
+                rows = list(data["result"])
+            return rows, next_url if rows else None
+
+        rows = collect(fetch, _ATTACHMENTS)
+        with reading(self.name, "list attachments"):
+            return [ListedFile.of(r["file_name"], r["size_bytes"], r.get("hash")) for r in rows]
 
     def _batches(self, pieces: list[AttachmentPiece]) -> list[list[AttachmentPiece]]:
         return [[p] for p in pieces]  # the Attachment API takes one file per request

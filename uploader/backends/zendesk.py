@@ -14,6 +14,8 @@ Endpoints (docs: "Zendesk API reference" Tickets, Ticket Comments, Ticket Attach
   internal note), ``priority``, ``status: solved|open``;
 * comments: ``GET /api/v2/tickets/{id}/comments?page[size]=100``, cursor pages through
   ``meta.has_more`` and ``links.next`` (developer.zendesk.com, "Pagination › cursor pagination");
+* attachment check: the comments' ``attachments[]`` (``file_name``, ``size``; no hash), from
+  the same cursor pages;
 * dedupe: ``GET /api/v2/tickets?external_id=…`` (a database read, unlike search, which lags).
 """
 
@@ -28,6 +30,7 @@ from agent.clock import Clock
 from config.ticketing import ZendeskSettings
 from uploader.attachments import AttachmentPiece, AttachmentPlan
 from uploader.backends._rest import (
+    ListedFile,
     OpenJournal,
     RestBackend,
     basic_auth,
@@ -116,15 +119,6 @@ class ZendeskBackend(RestBackend):
         Raises:
             BackendError: a page failed or had an unexpected shape.
         """
-        first = f"/api/v2/tickets/{ref.id}/comments"
-
-        def fetch(url: str) -> tuple[list[Any], str | None]:
-            params = {"page[size]": _PAGE} if url == first else None
-            data = self.client.json("GET", url, params=params)
-            with reading(self.name, "list comments"):
-                more = bool((data.get("meta") or {}).get("has_more"))
-                return list(data["comments"]), (data.get("links") or {}).get("next") if more else None
-
         with reading(self.name, "list comments"):
             return [
                 Comment(
@@ -133,10 +127,19 @@ class ZendeskBackend(RestBackend):
                     body=str(c.get("plain_body") or c.get("body") or ""),
                     created_at=parse_time(c["created_at"]),
                 )
-                for c in collect(fetch, first)
+                for c in self._comment_pages(ref)
             ]
 
     # --- RestBackend hooks ---------------------------------------------------------------
+
+    def _listed_files(self, ref: TicketRef) -> list[ListedFile]:
+        comments = self._comment_pages(ref)
+        with reading(self.name, "comment attachments"):
+            return [
+                ListedFile.of(a["file_name"], a["size"])
+                for c in comments
+                for a in c.get("attachments") or []
+            ]
 
     def _lookup(self, key: str) -> TicketRef | None:
         data = self.client.json("GET", "/api/v2/tickets", params={"external_id": key_tag(key)})
@@ -192,6 +195,19 @@ class ZendeskBackend(RestBackend):
 
     def _ref(self, ticket_id: int) -> TicketRef:
         return TicketRef(self.name, str(ticket_id), f"{self.client.base_url}/agent/tickets/{ticket_id}")
+
+    def _comment_pages(self, ref: TicketRef) -> list[dict[str, Any]]:
+        """Return the ticket's raw comments, following the cursor pages."""
+        first = f"/api/v2/tickets/{ref.id}/comments"
+
+        def fetch(url: str) -> tuple[list[Any], str | None]:
+            params = {"page[size]": _PAGE} if url == first else None
+            data = self.client.json("GET", url, params=params)
+            with reading(self.name, "list comments"):
+                more = bool((data.get("meta") or {}).get("has_more"))
+                return list(data["comments"]), (data.get("links") or {}).get("next") if more else None
+
+        return collect(fetch, first)
 
     def _priority(self, priority: Priority) -> str:
         return str(getattr(self.settings.priorities, priority.value))
