@@ -378,6 +378,10 @@ def _python(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
+#: a 'wevtutil' that never answers: it blocks forever until the agent kills it at its timeout
+HUNG_PROGRAM = "import threading; threading.Event().wait()"
+
+
 def _windows_source(code: str, seen: list[RunResult], **settings: Any) -> MtrSource:
     """An MTR source in Windows mode whose 'wevtutil' is a Python program (a real subprocess)."""
 
@@ -391,7 +395,7 @@ def _windows_source(code: str, seen: list[RunResult], **settings: Any) -> MtrSou
 
 def test_a_hung_wevtutil_is_killed_at_the_timeout() -> None:
     seen: list[RunResult] = []
-    source = _windows_source("import time; time.sleep(60)", seen, timeout_s=0.6)
+    source = _windows_source(HUNG_PROGRAM, seen, timeout_s=0.6)
     started = time.monotonic()
     with pytest.raises(DeviceTimeout, match=r"wevtutil did not finish within 0\.6 s"):
         source.probe()
@@ -419,7 +423,7 @@ def test_binary_garbage_from_wevtutil_is_unexpected() -> None:
 
 def test_a_hung_event_log_does_not_delay_another_mvc() -> None:
     seen: list[RunResult] = []
-    hung = _windows_source("import time; time.sleep(60)", seen, timeout_s=HOSTILE_TIMEOUT_S)
+    hung = _windows_source(HUNG_PROGRAM, seen, timeout_s=HOSTILE_TIMEOUT_S)
     settings = MtrChannel(xml_file=FIXTURES / "mtr" / "healthy.xml")
     other = build_probes(
         Device(

@@ -227,12 +227,12 @@ def test_endless_output_is_cut_at_the_byte_cap(sshd: Sshd) -> None:
 
 
 def test_command_past_its_deadline_raises_timeout_quickly(sshd: Sshd, tmp_path: Path) -> None:
-    pid_file = tmp_path / "sleep.pid"
+    pid_file = tmp_path / "hung.pid"
     try:
         with transport(sshd, KnownHosts(None)) as ssh:
             started = time.monotonic()
             with pytest.raises(DeviceTimeout, match=r"still running after 0\.5 s"):
-                ssh.run(f"echo $$ > {pid_file}; exec sleep 30", timeout_s=0.5)
+                ssh.run(f"echo $$ > {pid_file}; exec tail -f /dev/null", timeout_s=0.5)
             assert time.monotonic() - started < 1.5
             assert ssh.run("echo alive", timeout_s=3).text == "alive\n"  # the connection survives
     finally:
