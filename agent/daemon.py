@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hezo.agent")
 
 KEEP_LOGS_PER_DEVICE = 3
+LOG_RETRY_FIRST_S = 60.0  # a failed log export is tried again after this, doubling up to log_refresh_s
 RECENT_EVENTS = 50
 
 
@@ -227,6 +228,8 @@ class Agent:
         self._collector_factory = collector_factory
         self._collectors_lock = threading.Lock()
         self.last_outcomes: dict[str, PollOutcome] = {}
+        self._log_due: dict[str, datetime] = {}  # when each device's log export is next tried
+        self._log_failures: dict[str, int] = {}
         #: called with every poll's outcome (metrics); quick, and an exception is only logged
         self.poll_listeners: list[Callable[[PollOutcome], None]] = []
         #: the latest events (state changes, tickets, alerts) for the status page, newest last
@@ -450,13 +453,30 @@ class Agent:
     # --- logs -------------------------------------------------------------------------------
 
     def _refresh_log_if_due(self, device_id: str, outcome: PollOutcome) -> None:
-        last = self.store.last_log(device_id)
-        if (
-            last is not None
-            and (outcome.at - last.taken_at).total_seconds() < self.config.agent.log_refresh_s
-        ):
+        """Refresh the device's last log every ``log_refresh_s``; after a failed export, back off
+        (one minute, doubling, up to ``log_refresh_s``) instead of retrying on every good poll."""
+        due = self._log_due.get(device_id)
+        if due is None:  # first look since start: the store knows when the last one was taken
+            last = self.store.last_log(device_id)
+            due = outcome.at if last is None else last.taken_at + self._log_refresh
+            self._log_due[device_id] = due
+        if outcome.at >= due:
+            self.collect_log(device_id)
+
+    @property
+    def _log_refresh(self) -> timedelta:
+        return timedelta(seconds=self.config.agent.log_refresh_s)
+
+    def _log_tried(self, device_id: str, taken_at: datetime | None) -> None:
+        """Note a log export that worked (``taken_at``) or failed (None) for the next due time."""
+        if taken_at is not None:
+            self._log_failures.pop(device_id, None)
+            self._log_due[device_id] = taken_at + self._log_refresh
             return
-        self.collect_log(device_id)
+        failures = self._log_failures.get(device_id, 0) + 1
+        self._log_failures[device_id] = failures
+        wait = timedelta(seconds=LOG_RETRY_FIRST_S * 2 ** min(failures - 1, 16))
+        self._log_due[device_id] = self.clock.now() + min(wait, self._log_refresh)
 
     def collect_log(self, device_id: str) -> Path | None:
         """Fetch the device's log export now and keep it as its last collected log."""
@@ -473,10 +493,12 @@ class Agent:
             size, sha = redact_export(bundle.path, dest, self.redactor, limits, bundle.taken_at, device_id)
         except CollectorError as err:
             log.warning("event=log_collect_failed device=%s reason=%s", device_id, err.reason)
+            self._log_tried(device_id, None)
             return None
         finally:
             shutil.rmtree(raw_dir, ignore_errors=True)
         self.store.save_log(device_id, dest, size, sha, bundle.taken_at)
+        self._log_tried(device_id, bundle.taken_at)
         for old in sorted(folder.glob("*.tar.gz"))[:-KEEP_LOGS_PER_DEVICE]:
             old.unlink(missing_ok=True)
         return dest
@@ -515,6 +537,7 @@ class Agent:
         self._scheduler = PollScheduler(
             [dev.id for dev in self.config.devices],
             self.poll_once,
+            interval_s=self.policy.poll_interval_s,
             jitter_s=self.config.agent.jitter_s,
             max_workers=min(32, max(4, len(self.config.devices))),
         )

@@ -23,6 +23,7 @@ import yaml
 
 from agent.clock import FakeClock
 from agent.daemon import Agent, AgentEvent, site_grace
+from agent.scheduler import first_poll_window_s, next_due_s
 from agent.site_watch import SiteWatch
 from collectors.base import Collector
 from collectors.errors import DeviceTimeout, DeviceUnreachable
@@ -162,6 +163,8 @@ class EventLoop:
         self._version: dict[str, int] = {}
         self._seq = 0
         self.polls = 0
+        self._interval_s = agent.policy.poll_interval_s
+        self._retrying: set[str] = set()
         self.after_poll: Callable[[str, float, float, bool], None] | None = None
         canaries = any(s.canaries for s in agent.config.sites)
         self._periodic = [(5.0, "dispatch"), (60.0, "sla")]
@@ -179,10 +182,13 @@ class EventLoop:
         heapq.heappush(self._heap, (at_s, self._seq, device_id, version))
 
     def start(self) -> None:
-        """Spread every device's first poll over the jitter window; start the housekeeping jobs."""
+        """Spread every device's first poll as the scheduler does; start the housekeeping jobs."""
         self.agent.incidents.reconcile(self.agent.states)
+        window = first_poll_window_s(
+            len(self.agent.config.devices), interval_s=self._interval_s, jitter_s=self.jitter_s
+        )
         for dev in self.agent.config.devices:
-            self._push(self.rng.uniform(0, self.jitter_s), dev.id)
+            self._push(self.rng.uniform(0, window), dev.id)
         for every, name in self._periodic:
             self._seq += 1
             heapq.heappush(self._heap, (every, self._seq, f"@{name}", 0))
@@ -208,8 +214,21 @@ class EventLoop:
             ended = at_s + self.duration_s(device_id, outcome.ok)
             if self.after_poll is not None:
                 self.after_poll(device_id, at_s, ended, outcome.ok)
-            jitter = self.rng.uniform(0, min(self.jitter_s, delay * 0.1))
-            self._push(ended + delay + jitter, device_id)
+            was_retry = device_id in self._retrying
+            if delay < self._interval_s:
+                self._retrying.add(device_id)
+            else:
+                self._retrying.discard(device_id)
+            due = next_due_s(
+                due_s=at_s,
+                ended_s=ended,
+                delay_s=delay,
+                interval_s=self._interval_s,
+                was_retry=was_retry,
+                jitter_s=self.jitter_s,
+                rng=self.rng,
+            )
+            self._push(due, device_id)
         if end_s > self.now_s():
             self.clock.advance(end_s - self.now_s())
 

@@ -12,10 +12,11 @@ Two measurements, side by side:
   ``offline``; the latencies are multiplied back to compare. Meanwhile one poll of a hung
   simulated device at the default 5 s timeout is timed: that is d below, which the model uses.
 
-The model bound: a fault just after a poll is seen by the next poll, at most T + jitter later;
-k failing polls then take k × d (d = a failed poll's duration: ~0 refused, d_hang hung) plus
-(k − 1) × (retry + its jitter, ≤ 10 % of the retry). So max = T + J + k·d + (k−1)(R + 0.1R)
-= 87 s refused, 87 s + 3·d_hang hung; with a hint, T + J drop out: 22 s refused.
+The model bound: regular polls keep each device's phase (agent/scheduler.py), so a fault just
+after a poll is seen by the next poll, at most T later; k failing polls then take k × d (d = a
+failed poll's duration: ~0 refused, d_hang hung) plus (k − 1) × (retry + its jitter, ≤ 10 % of the
+retry). So max = T + k·d + (k−1)(R + 0.1R) = 82 s refused, 82 s + 3·d_hang hung; with a hint, T
+drops out: 22 s refused.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def bound(kind: str, hint: bool, d_hang: float) -> float:
     """The model's worst case in seconds (see the module docstring)."""
     d = d_hang if kind == "hang" else 0.0
     confirm = K * d + (K - 1) * (R + 0.1 * R)
-    return confirm if hint else T + J + confirm
+    return confirm if hint else T + confirm
 
 
 def model(n: int, hint: bool, seed: int, d_hang: float) -> dict[str, list[float]]:
@@ -315,8 +316,9 @@ def main(argv: list[str] | None = None) -> int:
         f"real run scaled by {size.scale:g}; model: T={T:g} s, k={K}, retry {R:g} s, timeout {D:g} s, "
         f"jitter {J:g} s; fault at a random phase "
         f"after two good polls; latency = end of the k-th failed poll (ticket queued) − fault; seed {seed}",
-        "bound = T + J + k·d + (k−1)(R + 0.1R), d = a failed poll's duration: ~0 refused; for a hung device "
-        "one real poll of a hung simulated device at timeout 5 s, measured; with a hint T + J drop out",
+        "bound = T + k·d + (k−1)(R + 0.1R) (regular polls keep their phase), d = a failed poll's duration: "
+        "~0 refused; for a hung device one real poll of a hung simulated device at timeout 5 s, measured; "
+        "with a hint T drops out",
         "real: hezo-sim fault `offline` through its control API, every time setting divided by the scale, "
         "the time from the fault call to the agent's ticket_opened event (after the outbox accepted the "
         "intent), multiplied back; hung devices only in the model (their poll does not scale down)",
