@@ -7,6 +7,7 @@ that a finding already open neither raises again nor clears for lack of evidence
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections import Counter
@@ -15,6 +16,7 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from agent.finding_models import Finding, FindingContext, ProblemKind
+from agent.redact import MASK, secret_key
 from collectors.models import HealthSample, Peripheral
 from config.incidents import (
     AppRestartsSettings,
@@ -41,20 +43,29 @@ _PERIPHERAL_PL = {
     "touch_panel": "panel dotykowy",
 }
 _MAX_LISTED = 10
+_MAX_VALUE = 60
 _MISSING = object()
+#: a setting absent from one side of a configuration comparison (see :func:`shown_value`)
+ABSENT = _MISSING
 
 #: a detector: the findings active now, or None when the context cannot tell
 Detector = Callable[[FindingContext, IncidentSettings], "list[Finding] | None"]
 
 
+def ignored_key(key: str, ignore: Iterable[str]) -> bool:
+    """Whether ``key`` is one of ``ignore`` or lies under one of them (``network`` covers ``network.ntp``)."""
+    return any(key == i or key.startswith(i + ".") for i in ignore)
+
+
 def config_hash(config: Mapping[str, object], ignore: Iterable[str] = ()) -> str:
-    """Return the SHA-256 of ``config`` as canonical JSON, without the top-level keys ``ignore``."""
-    skip = set(ignore)
-    kept = {str(k): v for k, v in config.items() if str(k) not in skip}
+    """Return the SHA-256 of ``config`` as canonical JSON, leaving out the :func:`ignored_key` ones."""
+    skip = tuple(ignore)
+    kept = {str(k): v for k, v in config.items() if not ignored_key(str(k), skip)}
     text = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+@functools.lru_cache(maxsize=4096)
 def firmware_version(text: str) -> tuple[int, ...] | None:
     """Return ``133.15.0.42`` as ``(133, 15, 0, 42)``; None when it is not dotted numbers."""
     parts = text.strip().split(".")
@@ -63,8 +74,11 @@ def firmware_version(text: str) -> tuple[int, ...] | None:
     return tuple(int(p) for p in parts)
 
 
-def site_majority(firmwares: Iterable[str], min_devices: int) -> str | None:
-    """Return the firmware more than half of ``firmwares`` run, if there are ``min_devices`` of them."""
+@functools.lru_cache(maxsize=256)
+def site_majority(firmwares: tuple[str, ...], min_devices: int) -> str | None:
+    """Return the firmware more than half of ``firmwares`` run, if there are ``min_devices`` of them.
+
+    Cached: every poll of a site asks about the same (rarely changing) tuple."""
     known = [f for f in firmwares if firmware_version(f) is not None]
     if len(known) < min_devices:
         return None
@@ -371,13 +385,18 @@ def _config_drift(ctx: FindingContext, s: ConfigDriftSettings) -> list[Finding] 
     )
     if current == baseline:
         return []
-    ignored = set(s.ignore_keys)
     keys = sorted(
         k
-        for k in {*map(str, ctx.config), *map(str, ctx.config_baseline)} - ignored
-        if ctx.config.get(k, _MISSING) != ctx.config_baseline.get(k, _MISSING)
+        for k in {*map(str, ctx.config), *map(str, ctx.config_baseline)}
+        if not ignored_key(k, s.ignore_keys)
+        and ctx.config.get(k, _MISSING) != ctx.config_baseline.get(k, _MISSING)
     )
     changed = _listed(keys)
+    before, after = ctx.config_baseline, ctx.config
+    changes = _listed(
+        f"{k}: {shown_value(k, before.get(k, _MISSING))} -> {shown_value(k, after.get(k, _MISSING))}"
+        for k in keys
+    )
     return [
         _make(
             ProblemKind.CONFIG_DRIFT,
@@ -385,10 +404,23 @@ def _config_drift(ctx: FindingContext, s: ConfigDriftSettings) -> list[Finding] 
             f"Configuration differs from the saved baseline (changed: {changed})",
             f"Konfiguracja różni się od zapisanej bazowej (zmienione: {changed})",
             changed_keys=changed,
+            changes=changes,
             baseline_sha256=baseline[:16],
             current_sha256=current[:16],
         )
     ]
+
+
+def shown_value(key: str, value: object) -> str:
+    """A setting's value for a ticket or the CLI: masked when its name says it is a secret
+    (:func:`agent.redact.secret_key`), JSON and at most 60 characters otherwise, ``(none)`` for
+    :data:`ABSENT`."""
+    if value is _MISSING:
+        return "(none)"
+    if secret_key(key):
+        return MASK
+    text = json.dumps(value, default=str, ensure_ascii=False)
+    return text if len(text) <= _MAX_VALUE else text[: _MAX_VALUE - 1] + "…"
 
 
 def _site_today(ctx: FindingContext) -> date:

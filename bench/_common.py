@@ -102,7 +102,7 @@ class Report:
         if self.profile:
             parts += [
                 "",
-                "CPU profile of the agent for the missed figure(s) (sampled stacks weighted by thread CPU):",
+                "CPU profile of the agent for the missed figure(s) (stacks of running threads, sampled):",
                 "",
             ]
             parts += [f"    {line}" for line in self.profile]
@@ -382,16 +382,16 @@ def _current_frames() -> dict[int, Any]:
             gc.enable()
 
 
-def thread_cpu_s(native_id: int) -> float | None:
-    """Return the CPU seconds thread ``native_id`` of this process has run, None if it is gone."""
+def thread_running(native_id: int) -> bool | None:
+    """Whether thread ``native_id`` of this process is on a CPU right now (state R), None if gone."""
     try:
-        raw = Path(f"/proc/self/task/{native_id}/schedstat").read_text(encoding="ascii")
+        raw = Path(f"/proc/self/task/{native_id}/stat").read_text(encoding="ascii")
     except OSError:
         return None
-    return int(raw.split()[0]) / 1e9
+    return raw[raw.rindex(")") + 2] == "R"  # the field after "(comm)"; comm may hold spaces
 
 
-#: innermost frames of a thread that waits for work (CPU it used since the last sample cannot be placed)
+#: innermost frames of a thread that waits for work
 IDLE_WAITS = {"_worker", "wait", "select", "poll", "accept", "run_forever", "_run_once", "serve_forever"}
 
 
@@ -399,15 +399,15 @@ IDLE_WAITS = {"_worker", "wait", "select", "poll", "accept", "run_forever", "_ru
 
 
 class StackSampler:
-    """Samples every thread's stack ``hz`` times a second, weighted by the CPU the thread used.
+    """Samples every thread's stack ``hz`` times a second; a thread on a CPU counts, one idle does not.
 
-    At each sample the CPU time each thread used since the previous sample (Linux
-    ``/proc/self/task/TID/schedstat``, safe to read for a thread that just ended) is charged to
-    the stack it has now, so a thread blocked in ``recv`` or ``select`` costs nothing and the
-    summary is a CPU profile (like py-spy without ``--idle``). For each
-    charge every distinct function on the stack gets the time once (inclusive, py-spy's "total")
-    and the innermost one gets it as "self". A thread found waiting for work is not read; what it
-    used meanwhile goes to its next busy stack. The sampler's own CPU is in :attr:`own_cpu_s`.
+    At each sample, every thread the kernel shows running (``/proc/self/task/TID/stat`` state R)
+    is charged one sampling interval at the stack it has now, so the summary is a CPU profile
+    (like py-spy without ``--idle``): a thread blocked in ``recv``, ``select`` or a lock costs
+    nothing, and the CPU is placed where it is spent, not where the thread waits next. For each
+    charge every distinct function on the stack gets the time once (inclusive, py-spy's
+    "total") and the innermost one gets it as "self". The sampler's own CPU is in
+    :attr:`own_cpu_s`.
     """
 
     def __init__(self, hz: float = 10.0, max_samples: int = 200_000) -> None:
@@ -417,7 +417,6 @@ class StackSampler:
         self.own_cpu_s = 0.0
         self.inclusive: defaultdict[str, float] = defaultdict(float)
         self.leaf: defaultdict[str, float] = defaultdict(float)
-        self._last: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stack-sampler", daemon=True)
 
@@ -443,14 +442,9 @@ class StackSampler:
                     continue
                 frame = frames[ident]
                 if frame.f_code.co_name in IDLE_WAITS:
-                    continue  # waiting for work: not read (reads cost); its CPU goes to its next busy stack
-                used = thread_cpu_s(native)
-                if used is None:  # the thread has ended
-                    continue
-                spent = used - self._last.get(ident, used)
-                self._last[ident] = used
-                if spent > 0:
-                    self._charge(frame, spent)
+                    continue  # waiting for work: not running (and a /proc read saved)
+                if thread_running(native):
+                    self._charge(frame, self.interval_s)
             self.own_cpu_s = time.thread_time()
 
     def _charge(self, frame: object, spent: float) -> None:
@@ -475,7 +469,10 @@ class StackSampler:
         heavy = sorted(self.inclusive.items(), key=lambda kv: -kv[1])
         inclusive = [(n, c) for n, c in heavy if not any(s in n for s in skip)][:top]
         own = sorted(self.leaf.items(), key=lambda kv: -kv[1])[:top]
-        lines = [f"{total:.1f} CPU s placed on Python stacks; the sampler itself used {self.own_cpu_s:.1f} s"]
+        lines = [
+            f"{total:.1f} CPU s sampled on Python stacks (running threads × interval); "
+            f"the sampler itself used {self.own_cpu_s:.1f} s"
+        ]
         lines += [f"total {n * 100 / total:5.1f}%  {name}" for name, n in inclusive]
         lines += [f"self  {n * 100 / total:5.1f}%  {name}" for name, n in own]
         return lines

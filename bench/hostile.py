@@ -76,8 +76,8 @@ class Size:
 
     @property
     def request_bound_s(self) -> float:
-        """The HTTP transport's overall deadline per request: 2 × (connect + read timeout)."""
-        return 4 * self.timeout_s
+        """The HTTP transport's overall deadline per request: the agent's timeout_s (connect + answer)."""
+        return self.timeout_s
 
 
 SIZES = {
@@ -490,7 +490,7 @@ def finish(
             case.result = f"polls fail: {outcome.reason} ({str(outcome.detail)[-120:]})"
     bounded = {
         "slowloris": (
-            f"≤ {size.request_bound_s:g} s + 1 s (2 × (connect + read timeout))",
+            f"≤ {size.request_bound_s:g} s + 1 s (timeout_s, connect + answer)",
             lambda c: c.seconds <= size.request_bound_s + 1,
         ),
         "log_stream": (
@@ -559,7 +559,7 @@ def finish(
         f"gzip bomb: {len(hostile.bomb) / MiB:.1f} MB that expands to {hostile.bomb_expands / GiB:.0f} GiB; "
         "the "
         "10 GiB stream (chunked, no length) must be cut by the agent's max_log_bytes (50 MB default)",
-        f"agent timeout_s {size.timeout_s:g} s: an HTTP request is cut at 2 × (connect + read) = "
+        f"agent timeout_s {size.timeout_s:g} s: an HTTP request (connect + answer) is cut at "
         f"{size.request_bound_s:g} s, an SSH probe at {size.timeout_s:g} s; a slowloris device thus holds "
         "each "
         "poll that long (the detection model assumes one timeout per failed poll)",

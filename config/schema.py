@@ -13,7 +13,7 @@ from datetime import date, time
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from config.api import ApiSettings
 from config.base import ENV_VAR_PATTERN, Provenance, Strict
@@ -326,16 +326,18 @@ class AgentConfig(Strict):
         """Return the contract that lists ``serial``, or None."""
         return next((c for c in self.contracts if serial in c.serials), None)
 
+    _device_index: tuple[tuple[Device, ...], dict[str, Device]] | None = PrivateAttr(default=None)
+
     def device(self, device_id: str) -> Device:
-        """Return the device with ``device_id``.
+        """Return the device with ``device_id`` (an index built on first use: every poll asks).
 
         Raises:
             KeyError: no such device.
         """
-        for dev in self.devices:
-            if dev.id == device_id:
-                return dev
-        raise KeyError(device_id)
+        cached = self._device_index
+        if cached is None or cached[0] is not self.devices or len(cached[1]) != len(self.devices):
+            cached = self._device_index = (self.devices, {dev.id: dev for dev in self.devices})
+        return cached[1][device_id]
 
 
 # --- device profiles ---------------------------------------------------------------------
@@ -420,7 +422,7 @@ class Profile(Strict):
     fields: dict[
         Literal[
             "model", "firmware", "serial", "mac", "hostname", "uptime_s", "call_state", "peripherals",
-            "update_state",
+            "update_state", "config",
         ],
         FieldMap,
     ]

@@ -357,9 +357,9 @@ def test_blackbox_lines_give_time_and_syslog_severity() -> None:
 
 
 def test_site_majority_needs_enough_devices_and_more_than_half() -> None:
-    assert site_majority(["1.2.3.4"] * 2 + ["1.2.3.3"], 3) == "1.2.3.4"
-    assert site_majority(["1.2.3.4"] * 2 + ["1.2.3.3"] * 2, 3) is None
-    assert site_majority(["1.2.3.4", "1.2.3.4", "unknown"], 3) is None
+    assert site_majority(("1.2.3.4",) * 2 + ("1.2.3.3",), 3) == "1.2.3.4"
+    assert site_majority(("1.2.3.4",) * 2 + ("1.2.3.3",) * 2, 3) is None
+    assert site_majority(("1.2.3.4", "1.2.3.4", "unknown"), 3) is None
 
 
 def _poll_series(uptimes: Sequence[int | None], step_s: float = 60.0) -> DeviceHistory:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+import collectors.pins
+from agent.clock import FakeClock
 from collectors.errors import (
     AuthFailed,
     DeviceTimeout,
@@ -29,7 +31,9 @@ from collectors.transports.http import (
     SharedContextAdapter,
     verify_context,
 )
+from collectors.transports.http_pool import RESUME_MAX_AGE_S
 from simulator.certs import make_certificate, server_context
+from simulator.fleet import Fleet
 
 Handler = Callable[[socket.socket, "Server"], None]
 
@@ -243,6 +247,16 @@ def test_drip_fed_headers_hit_the_overall_deadline(serve) -> None:
     assert time.monotonic() - started < 1.5
 
 
+def test_a_drip_fed_answer_is_cut_at_the_device_timeout_by_default(serve, certs) -> None:
+    """agent.timeout_s promises one answer (connect + response) within it: no 2 x (connect + read)."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 90000\r\n\r\n"
+    server = serve(unbounded(b"x", pause_s=0.02, head=head), certs["one"][0])
+    started = time.monotonic()
+    with pytest.raises(DeviceTimeout, match=r"within 0\.4 s"):
+        transport(server.port, timeout_s=0.4).request("GET", "/")
+    assert time.monotonic() - started < 0.4 + 0.5
+
+
 def test_declared_huge_body_is_refused_at_the_cap(serve, certs) -> None:
     server = serve(answer(body=b"x" * 200_000), certs["one"][0])
     with pytest.raises(UnexpectedResponse, match="exceeds the 100000-byte cap"):
@@ -394,3 +408,106 @@ def test_corrupt_pin_file_is_refused_not_reset(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="SHA-256"):
         PinStore(path)
     assert "not-a-digest" in path.read_text()
+
+
+def test_pin_store_reads_from_memory_and_sees_an_operators_edit_within_the_revalidation_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(collectors.pins, "_monotonic", clock.monotonic)
+    path = tmp_path / "pins.json"
+    store = PinStore(path)
+    store.pin_if_absent("10.0.0.1:443", "aa" * 32)
+    stats: list[object] = []
+    real_stat = Path.stat
+    monkeypatch.setattr(Path, "stat", lambda self, **kw: stats.append(self) or real_stat(self, **kw))
+    assert [store.get("10.0.0.1:443") for _ in range(100)] == ["aa" * 32] * 100
+    assert stats == []  # served from memory
+    path.write_text(json.dumps({"10.0.0.2:443": "bb" * 32}))  # the operator re-trusts by hand
+    assert store.get("10.0.0.1:443") == "aa" * 32  # not looked at yet
+    clock.advance(collectors.pins.REVALIDATE_S)
+    assert store.get("10.0.0.1:443") is None and store.get("10.0.0.2:443") == "bb" * 32
+    assert len(stats) == 1
+    assert store.pin_if_absent("10.0.0.1:443", "cc" * 32) == "cc" * 32  # a write re-reads first
+    assert json.loads(path.read_text()) == {"10.0.0.1:443": "cc" * 32, "10.0.0.2:443": "bb" * 32}
+
+
+# --- TLS session resumption across polls ------------------------------------------------------------
+
+
+def _poll(t: HttpTransport, path: str = "/") -> int:
+    """One poll's worth: a request, then the connections closed as the driver does after a poll."""
+    try:
+        return t.request("GET", path).status
+    finally:
+        t.close_idle()
+
+
+def test_a_simulated_devices_next_polls_resume_its_tls_session(
+    fleet_factory: Callable[..., Fleet], tmp_path: Path
+) -> None:
+    dev = fleet_factory(devices=1).devices[0]
+    pins = PinStore(tmp_path / "pins.json")
+    t = HttpTransport(
+        host=dev.host, port=dev.port, scheme="https", tls_mode="pin", pins=pins,
+        connect_timeout_s=2, read_timeout_s=2, max_bytes=100_000,
+    )  # fmt: skip
+    statuses = [_poll(t, "/no-such-page") for _ in range(3)]
+    assert statuses == [404] * 3  # answered (no credentials needed for a 404)
+    assert (t.tls.full, t.tls.resumed) == (1, 2)
+    assert pins.get(t.label) == dev.cert_sha256
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
+def test_a_closed_connections_session_is_resumed_by_the_next_poll(
+    serve, tmp_path: Path, version: ssl.TLSVersion
+) -> None:
+    ctx = server_context(make_certificate("127.0.0.1", "resume"))
+    ctx.maximum_version = version  # both resume from session tickets
+    server = serve(answer(body=b"{}"), ctx)
+    t = transport(server.port, tls="pin", pins=PinStore(tmp_path / "pins.json"))
+    assert [_poll(t) for _ in range(3)] == [200] * 3
+    assert (t.tls.full, t.tls.resumed) == (1, 2)
+
+
+def test_an_impostor_cannot_resume_the_session_and_is_caught(serve, certs, tmp_path: Path) -> None:
+    pins = PinStore(tmp_path / "pins.json")
+    first = serve(answer(body=b"{}"), certs["one"][0])
+    t = transport(first.port, tls="pin", pins=pins)
+    assert [_poll(t), _poll(t)] == [200, 200]
+    assert (t.tls.full, t.tls.resumed) == (1, 1)
+    first.close()
+    impostor = serve(hang, certs["two"][0], port=first.port)
+    with pytest.raises(IdentityChanged):
+        _poll(t)
+    impostor.close()
+    assert bytes(impostor.received) == b""  # the impostor could not resume: a full handshake, caught
+    assert t.tls.resumed == 1 and t.tls.offer() is None
+    assert pins.get(t.label) == certs["one"][1]
+
+
+def test_a_certificate_swapped_under_the_same_ticket_key_is_caught_at_the_next_full_handshake(
+    serve, tmp_path: Path
+) -> None:
+    """The one case resumption hides for a while: the same server (ticket key), a new certificate."""
+    original = make_certificate("127.0.0.1", "original")
+    ctx = server_context(original)
+    server = serve(answer(body=b"{}"), ctx)
+    clock = FakeClock()
+    pins = PinStore(tmp_path / "pins.json")
+    t = HttpTransport(
+        host="127.0.0.1", port=server.port, scheme="https", tls_mode="pin", pins=pins,
+        connect_timeout_s=2, read_timeout_s=2, max_bytes=100_000, monotonic=clock.monotonic,
+    )  # fmt: skip
+    assert _poll(t) == 200
+    swapped = make_certificate("127.0.0.1", "swapped")
+    (tmp_path / "cert.pem").write_bytes(swapped.cert_pem)
+    (tmp_path / "key.pem").write_bytes(swapped.key_pem)
+    ctx.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")  # same context: same ticket key
+    clock.advance(RESUME_MAX_AGE_S - 1)
+    assert _poll(t) == 200 and t.tls.resumed == 1  # resumed: the session still carries the pinned cert
+    clock.advance(1)
+    with pytest.raises(IdentityChanged) as caught:
+        _poll(t)
+    assert swapped.sha256[:16] in str(caught.value)  # a full handshake showed the new certificate
+    assert (t.tls.full, t.tls.resumed) == (1, 1) and t.tls.offer() is None
