@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_collect_parser(sub, _config_arg)
     add_audit_parser(sub, _config_arg)
 
+    from agent.cli_baseline import add_baseline_parser
+
+    add_baseline_parser(sub, _config_arg)
+
     from agent.cli_api import add_api_parser
 
     add_api_parser(sub, _config_arg)
@@ -370,6 +374,15 @@ def cmd_api(args: argparse.Namespace) -> int:
     return run_api_info(args, config, Path(config.agent.data_dir or default_data_dir()))
 
 
+def cmd_baseline(args: argparse.Namespace) -> int:
+    """Accept (or ``--show``) a device's configuration as its drift baseline (see agent/cli_baseline.py)."""
+    from agent.cli_baseline import run_baseline
+    from agent.daemon import default_data_dir
+
+    config = _load(args)
+    return run_baseline(args, config, Path(config.agent.data_dir or default_data_dir()))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the end-to-end demo on a simulated fleet."""
     from agent.demo import run_demo
@@ -387,6 +400,7 @@ COMMANDS = {
     "collect": cmd_collect,
     "audit": cmd_audit,
     "api": cmd_api,
+    "baseline": cmd_baseline,
     **INSTALL_COMMANDS,
 }
 

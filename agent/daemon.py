@@ -25,8 +25,10 @@ import platformdirs
 
 from agent.bundle_pack import redact_export
 from agent.clock import Clock, SystemClock
+from agent.config_baseline import BaselineStore, ConfigWatch
+from agent.finding_tracker import FindingTracker
 from agent.finding_watch import FindingWatch
-from agent.flapping import PROBLEM_FLAPPING, FlapStarted, FlapState, FlapStopped, flap_step
+from agent.flapping import PROBLEM_FLAPPING, FlapStarted, FlapState, FlapStopped, flap_step, replay
 from agent.forward import SyslogForwarder
 from agent.incidents import IncidentManager, IncidentRules, Problem
 from agent.known_secrets import redactor_for
@@ -67,6 +69,7 @@ log = logging.getLogger("hezo.agent")
 KEEP_LOGS_PER_DEVICE = 3
 LOG_RETRY_FIRST_S = 60.0  # a failed log export is tried again after this, doubling up to log_refresh_s
 RECENT_EVENTS = 50
+REPLAY_CHECKS = 4  # a flap state not saved is replayed from this many windows of recorded polls
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +160,11 @@ class Agent:
             retry_interval_s=config.agent.retry_interval_s,
         )
         self.store = Store(self.data_dir / "agent.sqlite")
+        #: each device's identity as last saved (a cache of the store: only this agent's polls write it)
+        self._facts: dict[str, DeviceFacts | None] = {}
+        # what the store holds of flap detection and finding tracks, to save only what a poll changed
+        saved_trackers = self.store.finding_trackers()
+        self._saved: dict[str, tuple[FlapState | None, FindingTracker | None]] = {}
         self.pins = PinStore(self.data_dir / "pins.json")
         self.known_hosts = KnownHosts(self.data_dir / "known_hosts")
         self.backend = build_backend(config.ticketing, self.data_dir)
@@ -209,11 +217,19 @@ class Agent:
             local_alert=self._local_alert,
         )
         self.quiet = QuietJudge(config)
+        # config_drift: the device's configuration, read every check_every_minutes, vs its baseline file
+        self.configs = ConfigWatch(
+            BaselineStore(self.data_dir),
+            self.collector,
+            timedelta(minutes=config.incidents.config_drift.check_every_minutes),
+        )
         self.findings = FindingWatch(
             config, self.profiles, self.incidents, self.quiet, blackboxes=self.blackboxes,
             firmware_of=self._known_firmware,
+            config_inputs=self.configs.inputs if config.incidents.config_drift.enabled else None,
+            trackers=saved_trackers,
         )
-        self.flaps: dict[str, FlapState] = {dev.id: FlapState.initial() for dev in config.devices}
+        self.flaps: dict[str, FlapState] = self._load_flaps(saved_trackers)
         self.sites = SiteWatch(
             config,
             self.incidents,
@@ -264,7 +280,12 @@ class Agent:
     @staticmethod
     def _load_profiles(config: AgentConfig) -> dict[str, Profile]:
         search = [config.agent.profiles_dir] if config.agent.profiles_dir else []
-        return {dev.id: load_profile(profile_name(dev.model, dev.profile), search) for dev in config.devices}
+        loaded: dict[str, Profile] = {}  # each profile read once, not once per device
+        for dev in config.devices:
+            name = profile_name(dev.model, dev.profile)
+            if name not in loaded:
+                loaded[name] = load_profile(name, search)
+        return {dev.id: loaded[profile_name(dev.model, dev.profile)] for dev in config.devices}
 
     def collector(self, device_id: str) -> Collector:
         """Return (building once) the collector of ``device_id``."""
@@ -287,31 +308,61 @@ class Agent:
                 self._collectors[device_id] = found
             return found
 
+    def _load_flaps(self, saved_trackers: dict[str, FindingTracker]) -> dict[str, FlapState]:
+        """Each device's flap state as saved, so flapping outlives a restart (issue 5).
+
+        A device with none saved (a store of an agent that did not keep them) gets the state its
+        recorded polls replay to; with flap detection off every device starts stable.
+        """
+        settings = self.config.flapping
+        saved = self.store.flap_states()
+        flaps: dict[str, FlapState] = {}
+        for dev in self.config.devices:
+            self._saved[dev.id] = (saved.get(dev.id), saved_trackers.get(dev.id))
+            flap = saved.get(dev.id) if settings.enabled else FlapState.initial()
+            if flap is None:
+                recent = self.store.recent_outcomes(dev.id, REPLAY_CHECKS * settings.checks)
+                flap = replay((r.reachable for r in reversed(recent)), settings)
+            flaps[dev.id] = flap
+        return flaps
+
     def _known_firmware(self, device_id: str) -> str | None:
         known = self.known_facts(device_id)
         return known.firmware if known is not None else None
 
     def known_facts(self, device_id: str) -> DeviceFacts | None:
         """The identity ``device_id`` last reported (kept across restarts), None if it never answered."""
-        found = self.store.facts(device_id)
-        return found[0] if found is not None else None
+        if device_id not in self._facts:  # read once: afterwards every poll that saves it updates it
+            found = self.store.facts(device_id)
+            self._facts[device_id] = found[0] if found is not None else None
+        return self._facts[device_id]
 
     # --- the per-poll pipeline --------------------------------------------------------------
 
     def poll_once(self, device_id: str) -> float:
-        """Poll one device, advance its state, raise or resolve incidents; return the next delay."""
+        """Poll one device, advance its state, raise or resolve incidents; return the next delay.
+
+        Everything the poll changes (outcome, state, identity, flap state, finding tracks) is
+        worked out first and saved in ONE store transaction (issue 9) before any ticket is acted
+        on, so after a crash the saved state is never behind the tickets: :meth:`reconcile` only
+        has to finish what the tickets had not reached yet.
+        """
         outcome = self.poller.poll(device_id)
         self.last_outcomes[device_id] = outcome
         self._notify_poll(outcome)
-        self.store.record_outcome(outcome)
         updating_since = self._track_update(device_id, outcome)
+        facts = None
         if outcome.ok and outcome.sample is not None and outcome.sample.facts.serial != "unknown":
-            self._note_identity(device_id, outcome.sample.facts, outcome.at)
+            facts = outcome.sample.facts
+            self._note_identity(device_id, facts, outcome.at)
         liveness = dataclasses.replace(outcome, ok=outcome.reachable)
         previous = self.states[device_id]
         state, events = step(previous, liveness, self.policy)
+        flap, flap_event = flap_step(self.flaps[device_id], liveness.ok, self.config.flapping)
+        found = self.findings.judge(outcome, updating_since=updating_since)
+        self._save_poll(outcome, state, facts, flap, found.state)
         self.states[device_id] = state
-        self.store.save_state(device_id, state)
+        self.flaps[device_id] = flap
         if state.health != previous.health:
             log.info(
                 "event=state_change device=%s from=%s to=%s reason=%s",
@@ -323,8 +374,6 @@ class Agent:
             self._emit(
                 outcome.at, device_id, "state", f"{previous.health} → {state.health} ({outcome.reason})"
             )
-        flap, flap_event = flap_step(self.flaps[device_id], liveness.ok, self.config.flapping)
-        self.flaps[device_id] = flap
         if any(isinstance(e, WentDown) for e in events):
             self.sites.judge(self.reachability(), outcome.at)  # network or device? ask the canaries now
         hold = self._hold_reason(device_id, outcome.at, flap, updating_since)
@@ -335,7 +384,7 @@ class Agent:
         if not liveness.ok:  # a ticket held back opens on a fresh failure once nothing holds it
             self.incidents.review(device_id, state, hold=hold)
         self._on_flap(device_id, flap_event, outcome.at)
-        self.findings.after_poll(outcome, updating_since=updating_since)
+        self.findings.act(device_id, found, outcome.at)
         if outcome.ok:
             self._refresh_log_if_due(device_id, outcome)
         return next_delay_s(state, self.policy)
@@ -360,12 +409,33 @@ class Agent:
         return since
 
     def _note_identity(self, device_id: str, facts: DeviceFacts, at: datetime) -> None:
-        """Keep the device's identity; a new serial in its place is a replacement (or a swap)."""
-        known = self.store.facts(device_id)
-        if known is not None and known[0].serial not in ("unknown", facts.serial):
-            log.info("event=serial_changed device=%s old=%s new=%s", device_id, known[0].serial, facts.serial)
-            self.incidents.note_replacement(device_id, known[0].serial, facts.serial, at)
-        self.store.save_facts(device_id, facts, at)
+        """A new serial in the device's place is a replacement (or a swap); the poll saves ``facts``."""
+        known = self.known_facts(device_id)
+        if known is not None and known.serial not in ("unknown", facts.serial):
+            log.info("event=serial_changed device=%s old=%s new=%s", device_id, known.serial, facts.serial)
+            self.incidents.note_replacement(device_id, known.serial, facts.serial, at)
+
+    def _save_poll(
+        self,
+        outcome: PollOutcome,
+        state: DeviceState,
+        facts: DeviceFacts | None,
+        flap: FlapState,
+        tracker: FindingTracker,
+    ) -> None:
+        """Save one poll in one transaction; the flap state and finding tracks only if they changed."""
+        device_id = outcome.device_id
+        saved_flap, saved_tracker = self._saved.get(device_id, (None, None))
+        self.store.record_poll(
+            outcome,
+            state,
+            facts=facts,
+            flap=None if flap == saved_flap else flap,
+            tracker=None if tracker == saved_tracker else tracker,
+        )
+        self._saved[device_id] = (flap, tracker)
+        if facts is not None:
+            self._facts[device_id] = facts
 
     def reachability(self) -> dict[str, bool | None]:
         """Each device's latest liveness for the site judge (None: not polled yet, or quiet now)."""
@@ -530,9 +600,33 @@ class Agent:
 
     # --- running ----------------------------------------------------------------------------
 
+    def reconcile(self) -> None:
+        """Bring the open incidents and the saved state into agreement (at start, after a stop or crash).
+
+        Offline incidents follow the device states (:meth:`IncidentManager.reconcile`). A
+        ``flapping`` incident follows the flap state: a device saved as flapping without one gets
+        it (the start was saved, its ticket not yet), one open for a device not flapping (or with
+        detection now off) is resolved. Finding incidents follow the trackers
+        (:meth:`FindingWatch.reconcile`): an open one whose track was lost gets it back raised, so
+        the next polls keep it or clear it, never a second ticket.
+        """
+        self.incidents.reconcile(self.states)
+        open_incidents = self.store.incidents(open_only=True)
+        open_keys = {incident.key for incident in open_incidents}
+        settings = self.config.flapping
+        now = self.clock.now()
+        for dev in self.config.devices:
+            flap = self.flaps[dev.id]
+            ticket = incident_key(dev.site, dev.id, PROBLEM_FLAPPING) in open_keys
+            if flap.flapping and not ticket:
+                self._on_flap(dev.id, FlapStarted(flap.percent, settings.high_threshold_pct), now)
+            elif ticket and not flap.flapping:
+                self._on_flap(dev.id, FlapStopped(flap.percent, settings.low_threshold_pct), now)
+        self.findings.reconcile(open_incidents)  # changed trackers are saved with each device's next poll
+
     def start(self) -> None:
         """Start polling every device in the background (after repairing what a crash left)."""
-        self.incidents.reconcile(self.states)
+        self.reconcile()
         self._start_api()
         self._scheduler = PollScheduler(
             [dev.id for dev in self.config.devices],

@@ -9,19 +9,26 @@ raise. A raised finding whose priority changes while it stays open (the detector
 its ``escalate`` rule applies because it has lasted long enough) is a :class:`PriorityChange`
 of the same ticket. Kinds the caller says were not judged this time (no evidence either way)
 keep their state untouched.
+
+The state is kept across restarts as JSON (:func:`tracker_to_json`, saved by the store with
+every poll) and brought back in line with the open tickets at start (:func:`reconcile`).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from agent.finding_models import Finding, ProblemKind
 from config.incidents import IncidentSettings
 from uploader.models import Priority
+
+log = logging.getLogger("hezo.findings")
 
 _RANK = {Priority.LOW: 0, Priority.MEDIUM: 1, Priority.CRITICAL: 2}
 
@@ -176,3 +183,133 @@ def _seen(
     escalated = priority != finding.priority
     change = PriorityChange(replace(finding, priority=priority), current.priority, priority, escalated)
     return replace(current, priority=priority), change
+
+
+# --- kept across restarts ------------------------------------------------------------------
+
+
+def tracker_to_json(state: FindingTracker) -> str:
+    """Return ``state`` as JSON text (read back by :func:`tracker_from_json`)."""
+    return json.dumps({name: _track_dict(t) for name, t in state.tracks.items()}, separators=(",", ":"))
+
+
+def tracker_from_json(text: str) -> FindingTracker:
+    """Return the tracker saved as ``text``.
+
+    A track that cannot be read (say, a kind a newer agent wrote) is dropped with a warning
+    rather than stopping the agent: :func:`reconcile` then restores it from its open ticket.
+    """
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        log.warning("event=finding_tracks_unreadable action=forgotten")
+        return FindingTracker.initial()
+    tracks: dict[str, Track] = {}
+    for name, item in raw.items() if isinstance(raw, dict) else ():
+        try:
+            tracks[name] = _track_of(item)
+        except (KeyError, TypeError, ValueError):
+            log.warning("event=finding_track_unreadable problem=%s action=forgotten", name)
+    return FindingTracker(MappingProxyType(tracks))
+
+
+def _track_dict(t: Track) -> dict[str, Any]:
+    f = t.finding
+    return {
+        "kind": f.kind.value,
+        "priority": f.priority.value,
+        "subject": f.subject,
+        "summary_en": f.summary_en,
+        "summary_pl": f.summary_pl,
+        "details": dict(f.details),
+        "streak": t.streak,
+        "misses": t.misses,
+        "since": t.since.isoformat(),
+        "raised_at": t.raised_at.isoformat() if t.raised_at else None,
+        "ticket_priority": t.priority.value if t.priority else None,
+    }
+
+
+def _track_of(item: dict[str, Any]) -> Track:
+    finding = Finding(
+        kind=ProblemKind(item["kind"]),
+        priority=Priority(item["priority"]),
+        subject=str(item.get("subject", "")),
+        summary_en=str(item.get("summary_en", "")),
+        summary_pl=str(item.get("summary_pl", "")),
+        details={str(k): str(v) for k, v in dict(item.get("details", {})).items()},
+    )
+    return Track(
+        finding=finding,
+        streak=int(item["streak"]),
+        misses=int(item["misses"]),
+        since=_aware(item["since"]),
+        raised_at=_aware(item["raised_at"]) if item.get("raised_at") else None,
+        priority=Priority(item["ticket_priority"]) if item.get("ticket_priority") else None,
+    )
+
+
+def _aware(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        raise ValueError("naive time in a saved track")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class OpenTicket:
+    """The open incident of one finding of a device, as the store knows it (for :func:`reconcile`).
+
+    ``name`` is the finding's :attr:`Finding.name` (the problem part of the incident key).
+    """
+
+    name: str
+    priority: Priority
+    opened_at: datetime
+
+
+def reconcile(state: FindingTracker, open_tickets: Iterable[OpenTicket]) -> FindingTracker:
+    """Bring one device's tracker in line with its open finding tickets (after a restart).
+
+    Modelled on :meth:`agent.incidents.IncidentManager.reconcile`: the tickets are the truth.
+
+    * An open ticket without a raised track (the track was lost, or its raise was not saved)
+      gets a raised track back, with the ticket's priority and ``since`` its opening: the next
+      evaluations keep it (no second ticket, since it is already raised) or clear it after
+      ``clear_after`` misses, exactly as if the agent had never stopped.
+    * A raised track without an open ticket (its ticket did not open, or closed, before the
+      stop) is lowered to a confirmed but unraised run: the next evaluation that still sees the
+      finding raises it again (opening or reopening its ticket), one that does not forgets it.
+
+    ``open_tickets`` must hold finding kinds only; a name no :class:`ProblemKind` knows is skipped.
+    """
+    tracks = dict(state.tracks)
+    open_names = set()
+    for ticket in open_tickets:
+        kind_text, _, subject = ticket.name.partition(":")
+        try:
+            kind = ProblemKind(kind_text)
+        except ValueError:
+            log.warning("event=finding_ticket_unknown_kind problem=%s action=left_open", ticket.name)
+            continue
+        open_names.add(ticket.name)
+        old = tracks.get(ticket.name)
+        if old is not None and old.raised:
+            continue
+        finding = (
+            old.finding if old is not None else Finding(kind=kind, priority=ticket.priority, subject=subject)
+        )
+        tracks[ticket.name] = Track(
+            finding=finding,
+            streak=old.streak if old is not None else 0,
+            misses=0,
+            since=min(old.since, ticket.opened_at) if old is not None else ticket.opened_at,
+            raised_at=ticket.opened_at,
+            priority=ticket.priority,
+        )
+        log.info("event=finding_track_restored problem=%s", ticket.name)
+    for name, t in list(tracks.items()):
+        if t.raised and name not in open_names:
+            tracks[name] = replace(t, misses=0, raised_at=None, priority=None)
+            log.info("event=finding_track_lowered problem=%s", name)
+    return FindingTracker(MappingProxyType(tracks))

@@ -15,6 +15,7 @@ history with the first state), so a young history cannot reach a high percentage
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from config.quiet import FlappingSettings
@@ -105,3 +106,15 @@ def flap_step(state: FlapState, ok: bool, settings: FlappingSettings) -> tuple[F
     if state.flapping and percent < settings.low_threshold_pct:
         return FlapState(history, False, percent), FlapStopped(percent, settings.low_threshold_pct)
     return FlapState(history, state.flapping, percent), None
+
+
+def replay(results: Iterable[bool], settings: FlappingSettings) -> FlapState:
+    """Return the state :func:`flap_step` reaches over ``results`` (oldest first) from scratch.
+
+    Rebuilds a device's flap state from its recorded polls when none was saved (a store of an
+    agent before flap states were kept), so hysteresis starts where it would have been.
+    """
+    state = FlapState.initial()
+    for ok in results:
+        state, _event = flap_step(state, ok, settings)
+    return state

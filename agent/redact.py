@@ -36,6 +36,7 @@ __all__ = [
     "RedactingFilter",
     "Redactor",
     "install_log_redaction",
+    "secret_key",
 ]
 
 MASK = "***"
@@ -52,6 +53,7 @@ _KEYWORDS = (
     r"|session[_-]?id|sessionid|auth[_-]?pass|priv[_-]?pass"
 )
 _KEY = rf"(?<![A-Za-z0-9_.\-])(?P<key>[A-Za-z0-9_.\-\[\]]*?(?:{_KEYWORDS})|(?:[A-Za-z0-9_.\-]*[_.\-])?pass)"
+_SECRET_KEY = re.compile(rf"(?i){_KEY}")
 _QUOTED = r"(?P<q>[\"'])(?P<qv>(?:(?!(?P=q))[^\\\r\n]|\\.)*)(?P=q)"
 _VALUE_STOP = r"\s,;&\"'<>(){}\[\]"
 _NOT_SECRET = {"", MASK, "null", "none", "true", "false", "nil", "undefined"}
@@ -71,6 +73,14 @@ _TRIGGER = re.compile(
 
 
 Rule = tuple[re.Pattern[str], Callable[[re.Match[str]], str]]
+
+
+def secret_key(name: str) -> bool:
+    """Whether a setting named ``name`` holds a secret, by the key words ``key=value`` masking uses.
+
+    ``sip.account1.password``, ``snmp.community``, ``api_key`` are; ``network.ntp_server`` is not.
+    """
+    return _SECRET_KEY.fullmatch(name) is not None
 
 
 def _extra_match(m: re.Match[str]) -> str:

@@ -1,9 +1,12 @@
 """The agent's own memory: device states, last known identity, recent polls, logs, incidents.
 
-One SQLite file in WAL mode with ``synchronous=FULL``, so what was written survives a crash or
-a power cut. One connection shared across threads behind a lock. Datetimes are stored as ISO
-8601 UTC strings and returned timezone-aware. ``PRAGMA user_version`` records the schema
-version for future migrations.
+One SQLite file in WAL mode. Incidents (and the audit, through its own connection) are written
+with ``synchronous=FULL``, so what was written survives a crash or a power cut; the per-poll
+memory (:meth:`Store.record_poll`: outcome, state, identity, flapping, finding tracks) is one
+transaction per poll with ``synchronous=NORMAL`` (see :data:`POLL_SYNC` for why that is safe).
+One connection shared across threads behind a lock. Datetimes are stored as ISO 8601 UTC
+strings and returned timezone-aware. ``PRAGMA user_version`` records the schema version for
+migrations.
 """
 
 from __future__ import annotations
@@ -18,12 +21,28 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.models import PollOutcome
+from agent.finding_tracker import FindingTracker, tracker_from_json, tracker_to_json
+from agent.flapping import FlapState
+from agent.models import ANSWERED_REASONS, PollOutcome
 from agent.state import DeviceState, Health
 from collectors.models import CheckResult, DeviceFacts
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DEFAULT_KEEP_OUTCOMES = 500
+
+#: ``synchronous`` of the per-poll transaction (issue 9: the fsync of every poll's commit was most
+#: of the agent's store CPU). Safe because in WAL mode with NORMAL a commit is complete once its
+#: frames are in the WAL file, only not yet fsynced: a killed agent (kill -9, a crash, a service
+#: stop) loses nothing that was committed, since the OS still writes the file. Only an OS crash
+#: or a power cut can lose the newest such transactions, and the WAL's chained checksums make
+#: recovery stop at the first lost frame, so the file is always a consistent earlier state: the
+#: polls lost are re-derived by the next polls (and :meth:`agent.daemon.Agent.reconcile` squares
+#: the tickets with them at start). Incidents stay FULL: the outbox (another file,
+#: ``uploader/outbox_store.py``, always FULL) holds intents naming an incident's ticket key, so an
+#: incident row must be as durable as they are or a lost row could mean a second ticket. Every
+#: FULL commit fsyncs the WAL, and with it every earlier NORMAL commit: the state a poll saved
+#: before acting on a ticket is durable once that ticket's incident is.
+POLL_SYNC = "NORMAL"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -102,6 +121,12 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit"
         " BEGIN SELECT RAISE(ABORT, 'the audit table is append-only'); END",
     ),
+    # what flap detection and the finding tracker remember per device (issue 5: kept across restarts)
+    4: (
+        "CREATE TABLE IF NOT EXISTS flaps (device_id TEXT PRIMARY KEY, history TEXT NOT NULL,"
+        " flapping INTEGER NOT NULL, percent REAL NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS finding_tracks (device_id TEXT PRIMARY KEY, tracks TEXT NOT NULL)",
+    ),
 }
 
 
@@ -120,6 +145,11 @@ class OutcomeRecord:
     duration_s: float
     detail: str = ""
     checks: tuple[CheckResult, ...] = ()
+
+    @property
+    def reachable(self) -> bool:
+        """True when the device answered at all (as :attr:`PollOutcome.reachable`)."""
+        return self.ok or self.reason in ANSWERED_REASONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,10 +228,13 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._keep = keep_outcomes
         self._lock = threading.Lock()
+        #: write transactions committed through this connection (tests check one per poll)
+        self.commits = 0
         self._db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            self._sync = "FULL"
             self._migrate()
         except BaseException:
             self._db.close()
@@ -225,9 +258,16 @@ class Store:
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """Hold the lock and run the block as one transaction."""
+    def _tx(self, sync: str = "FULL") -> Iterator[sqlite3.Connection]:
+        """Hold the lock and run the block as one transaction committed with ``synchronous=sync``.
+
+        The pragma is per connection and cannot change inside a transaction, so it is switched
+        before BEGIN, and only when it differs (a run of polls costs no pragma at all).
+        """
         with self._lock:
+            if sync != self._sync:
+                self._db.execute(f"PRAGMA synchronous={sync}")
+                self._sync = sync
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -235,6 +275,7 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            self.commits += 1
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -252,13 +293,59 @@ class Store:
     def save_state(self, device_id: str, state: DeviceState) -> None:
         """Remember ``state`` as the device's current state."""
         with self._tx() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO devices (device_id, health, failures, successes, changed_at,"
-                " first_failure_at, down_since, last_ok_at, last_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (device_id, str(state.health), state.failures, state.successes, _opt_iso(state.changed_at),
-                 _opt_iso(state.first_failure_at), _opt_iso(state.down_since), _opt_iso(state.last_ok_at),
-                 state.last_reason),
+            _write_state(db, device_id, state)
+
+    def record_poll(
+        self,
+        outcome: PollOutcome,
+        state: DeviceState,
+        *,
+        facts: DeviceFacts | None = None,
+        flap: FlapState | None = None,
+        tracker: FindingTracker | None = None,
+    ) -> None:
+        """Remember everything one poll of ``outcome.device_id`` changed, in ONE transaction.
+
+        The outcome (as :meth:`record_outcome`), the new ``state``, the identity seen (``facts``,
+        at ``outcome.at``), the flap state and the finding tracks; None leaves that part as it
+        was (the caller passes only what changed). Committed with :data:`POLL_SYNC`.
+        """
+        device_id = outcome.device_id
+        with self._tx(POLL_SYNC) as db:
+            self._write_outcome(db, outcome)
+            _write_state(db, device_id, state)
+            if facts is not None:
+                _write_facts(db, device_id, facts, outcome.at)
+            if flap is not None:
+                _write_flap(db, device_id, flap)
+            if tracker is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO finding_tracks (device_id, tracks) VALUES (?, ?)",
+                    (device_id, tracker_to_json(tracker)),
+                )
+
+    # --- flapping and finding tracks (remembered across restarts) -------------------------
+
+    def save_flap(self, device_id: str, flap: FlapState) -> None:
+        """Remember the device's flap state (outside a poll: a repair at start)."""
+        with self._tx() as db:
+            _write_flap(db, device_id, flap)
+
+    def flap_states(self) -> dict[str, FlapState]:
+        """Every saved flap state by device id (devices never saved are absent)."""
+        return {
+            row["device_id"]: FlapState(
+                history=tuple(ch == "1" for ch in row["history"]),
+                flapping=bool(row["flapping"]),
+                percent=float(row["percent"]),
             )
+            for row in self._query("SELECT * FROM flaps")
+        }
+
+    def finding_trackers(self) -> dict[str, FindingTracker]:
+        """Every saved finding tracker by device id (unreadable tracks are dropped and logged)."""
+        rows = self._query("SELECT * FROM finding_tracks")
+        return {row["device_id"]: tracker_from_json(row["tracks"]) for row in rows}
 
     def load_state(self, device_id: str) -> DeviceState | None:
         """Return the device's last saved state, or None if it was never saved."""
@@ -282,12 +369,7 @@ class Store:
     def save_facts(self, device_id: str, facts: DeviceFacts, seen_at: datetime) -> None:
         """Remember the device's identity as seen at ``seen_at`` (a good poll)."""
         with self._tx() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO facts (device_id, model, firmware, serial, mac, hostname, seen_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (device_id, facts.model, facts.firmware, facts.serial, facts.mac, facts.hostname,
-                 to_iso(seen_at)),
-            )
+            _write_facts(db, device_id, facts, seen_at)
 
     def facts(self, device_id: str) -> tuple[DeviceFacts, datetime] | None:
         """Return the last known identity of the device and when it was last seen, or None."""
@@ -305,22 +387,25 @@ class Store:
 
     def record_outcome(self, outcome: PollOutcome) -> None:
         """Append one poll outcome, keeping only the newest ``keep_outcomes`` per device."""
+        with self._tx() as db:
+            self._write_outcome(db, outcome)
+
+    def _write_outcome(self, db: sqlite3.Connection, outcome: PollOutcome) -> None:
         checks = json.dumps(
             [{"check": c.check, "ok": c.ok, "latency_ms": c.latency_ms, "detail": c.detail}
              for c in outcome.checks]
         )
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO outcomes (device_id, at, ok, reason, duration_s, detail, checks)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (outcome.device_id, to_iso(outcome.at), int(outcome.ok), outcome.reason, outcome.duration_s,
-                 outcome.detail, checks),
-            )
-            db.execute(
-                "DELETE FROM outcomes WHERE device_id = ? AND id <= (SELECT id FROM outcomes"
-                " WHERE device_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                (outcome.device_id, outcome.device_id, self._keep),
-            )
+        db.execute(
+            "INSERT INTO outcomes (device_id, at, ok, reason, duration_s, detail, checks)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (outcome.device_id, to_iso(outcome.at), int(outcome.ok), outcome.reason, outcome.duration_s,
+             outcome.detail, checks),
+        )
+        db.execute(
+            "DELETE FROM outcomes WHERE device_id = ? AND id <= (SELECT id FROM outcomes"
+            " WHERE device_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            (outcome.device_id, outcome.device_id, self._keep),
+        )
 
     def recent_outcomes(self, device_id: str, limit: int = 20) -> list[OutcomeRecord]:
         """Return up to ``limit`` recorded polls of the device, newest first."""
@@ -460,6 +545,31 @@ class Store:
         """Return incidents, oldest first; only the open ones when ``open_only``."""
         where = " WHERE status = 'open'" if open_only else ""
         return [_incident(row) for row in self._query(f"SELECT * FROM incidents{where} ORDER BY id")]
+
+
+def _write_state(db: sqlite3.Connection, device_id: str, state: DeviceState) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO devices (device_id, health, failures, successes, changed_at,"
+        " first_failure_at, down_since, last_ok_at, last_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (device_id, str(state.health), state.failures, state.successes, _opt_iso(state.changed_at),
+         _opt_iso(state.first_failure_at), _opt_iso(state.down_since), _opt_iso(state.last_ok_at),
+         state.last_reason),
+    )
+
+
+def _write_facts(db: sqlite3.Connection, device_id: str, facts: DeviceFacts, seen_at: datetime) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO facts (device_id, model, firmware, serial, mac, hostname, seen_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (device_id, facts.model, facts.firmware, facts.serial, facts.mac, facts.hostname, to_iso(seen_at)),
+    )
+
+
+def _write_flap(db: sqlite3.Connection, device_id: str, flap: FlapState) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO flaps (device_id, history, flapping, percent) VALUES (?, ?, ?, ?)",
+        (device_id, "".join("1" if ok else "0" for ok in flap.history), int(flap.flapping), flap.percent),
+    )
 
 
 def _incident(row: sqlite3.Row) -> Incident:

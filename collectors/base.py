@@ -7,7 +7,9 @@ talks to the device. Methods raise only :mod:`collectors.errors` exceptions.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from collectors.models import DeviceFacts, HealthSample, LogBundle
 
@@ -40,6 +42,16 @@ class Collector(ABC):
         Raises:
             CollectorError: any subclass from :mod:`collectors.errors`.
         """
+
+    def collect_config(self) -> Mapping[str, Any] | None:
+        """Return the device's configuration as a JSON object, or None when the driver cannot read one.
+
+        Called rarely (``incidents.config_drift.check_every_minutes``), never within a health poll.
+
+        Raises:
+            CollectorError: any subclass from :mod:`collectors.errors`.
+        """
+        return None
 
     def close(self) -> None:
         """Release connections; the default has nothing to release."""

@@ -85,6 +85,11 @@ class HealthSample:
     #: True while the device reports a firmware update in progress, False when it reports none,
     #: None when nothing said (its profile maps no update state, or only side channels answered)
     updating: bool | None = None
+    #: the device's own clock at ``taken_at`` (``taken_at`` + the offset its HTTP ``Date`` header
+    #: showed, an ASSUMED signal); None when the device sent no usable Date header
+    device_time: datetime | None = None
+    #: when the TLS certificate the device presented expires; None over plain HTTP
+    cert_not_after: datetime | None = None
 
     @property
     def failing_channels(self) -> tuple[str, ...]:

@@ -14,10 +14,10 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from collectors.base import Collector
 from collectors.errors import CollectorError, DeviceTimeout, DeviceUnreachable
@@ -79,6 +79,10 @@ class MultiChannelCollector(Collector):
     def collect_logs(self, dest_dir: Path) -> LogBundle:
         """Logs come from the primary channel's export."""
         return self._primary.collect_logs(dest_dir)
+
+    def collect_config(self) -> Mapping[str, Any] | None:
+        """The configuration comes from the primary channel."""
+        return self._primary.collect_config()
 
     def _run_probe(self, probe: ChannelProbe) -> ChannelResult:
         started = time.monotonic()

@@ -127,7 +127,12 @@ class ConfigDriftSettings(DetectorSettings):
     """The configuration a device reports differs from its saved baseline."""
 
     priority: PriorityName = "low"
-    ignore_keys: tuple[str, ...] = Field(default=(), description="top-level keys that may change freely")
+    ignore_keys: tuple[str, ...] = Field(
+        default=(), description="settings that may change freely (a dotted key, or a prefix of keys)"
+    )
+    check_every_minutes: float = Field(
+        default=360.0, gt=0, le=7 * 24 * 60, description="how often the configuration is read from the device"
+    )
 
 
 class ContractSettings(DetectorSettings):

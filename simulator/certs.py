@@ -30,13 +30,18 @@ class DeviceCertificate:
     sha256: str
 
 
-def make_certificate(host: str, common_name: str, *, key_seed: str | None = None) -> DeviceCertificate:
+def make_certificate(
+    host: str, common_name: str, *, key_seed: str | None = None, valid_days: float | None = None
+) -> DeviceCertificate:
     """Create a self-signed certificate for ``host`` (an IP address) named ``common_name``.
 
     With ``key_seed`` the key, serial number and validity follow from the seed and the
     signature is deterministic (RFC 6979) where the installed cryptography supports it, so a
     restarted fleet keeps its fingerprints and an agent's TLS pins stay valid. Such keys are
     not secret: the seed is. Without ``key_seed`` everything is random.
+
+    ``valid_days`` makes a certificate that expires that many days from now (valid since a day
+    ago), e.g. to see the agent's ``cert_expiry`` warning; by default it is valid for 20 years.
 
     Raises:
         ValueError: ``host`` is not an IP address.
@@ -51,6 +56,10 @@ def make_certificate(host: str, common_name: str, *, key_seed: str | None = None
         key = ec.derive_private_key(int.from_bytes(digest, "big") % (_P256_ORDER - 1) + 1, ec.SECP256R1())
         serial = int.from_bytes(hashlib.sha256(f"{key_seed}:serial".encode()).digest()[:19], "big") | 1
         not_before = FIXED_NOT_BEFORE
+    not_after = not_before + timedelta(days=VALID_DAYS)
+    if valid_days is not None:
+        now = datetime.now(UTC).replace(microsecond=0)
+        not_before, not_after = now - timedelta(days=1), now + timedelta(days=valid_days)
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Yealink (simulated)"),
@@ -64,7 +73,7 @@ def make_certificate(host: str, common_name: str, *, key_seed: str | None = None
         .public_key(key.public_key())
         .serial_number(serial)
         .not_valid_before(not_before)
-        .not_valid_after(not_before + timedelta(days=VALID_DAYS))
+        .not_valid_after(not_after)
         .add_extension(x509.SubjectAlternativeName([x509.IPAddress(address)]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
     )

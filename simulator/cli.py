@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--ymcs", action="store_true", help="also start the mock YMCS cloud listing every device"
     )
     run.add_argument("--ymcs-port", type=int, help="port of the mock YMCS on 127.0.0.1 (implies --ymcs)")
+    run.add_argument(
+        "--cert-days",
+        type=float,
+        metavar="N",
+        help="every device's TLS certificate expires N days from now (default: valid 20 years)",
+    )
     fault = sub.add_parser("fault", help="inject a fault into a device of a running fleet")
     fault.add_argument("device")
     fault.add_argument("kind", help=", ".join(FAULT_KINDS))
@@ -72,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         "arg",
         nargs="?",
         help="seconds for slow/reboot, SECONDS[,SILENT] for update, peripheral for unplug, channel "
-        "(http, tcp6024, ssh, snmp) for offline/hang/malformed/endless/drip/garbage",
+        "(http, tcp6024, ssh, snmp) for offline/hang/malformed/endless/drip/garbage, SECONDS "
+        "(negative: behind) for clock-skew, KEY=VALUE for config-set",
     )
     clear = sub.add_parser("clear", help="remove the faults of one device, or of all")
     clear.add_argument("device", nargs="?")
@@ -146,6 +153,7 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         snmp_port=args.snmp_port,
         ymcs=args.ymcs,
         ymcs_port=args.ymcs_port,
+        cert_days=args.cert_days,
     )
     stop = threading.Event()
     fleet.start()

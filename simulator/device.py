@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import io
 import json
 import logging
+import re
 import secrets
 import socket
 import ssl
@@ -24,6 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from typing import Any
 
 from aiohttp import web
@@ -43,7 +46,7 @@ log = logging.getLogger("hezo.simulator")
 
 FAULT_KINDS = (
     *("offline", "hang", "slow", "reboot", "unplug", "auth-fail", "malformed"),
-    *("endless", "drip", "garbage", "hostkey-change", "update"),
+    *("endless", "drip", "garbage", "hostkey-change", "update", "clock-skew", "config-set"),
 )
 CHANNELS = ("http", "tcp6024", "ssh", "snmp")
 #: faults that may (or must) target one channel, and the channels each one can target; without a
@@ -69,6 +72,9 @@ MAX_TOKENS = 256
 SYSLOG_SEVERITY = {"ERROR": 3, "WARN": 4, "INFO": 6, "DEBUG": 7}
 MAX_EVENTS = 500
 GZIP = "application/gzip"
+#: ``clock-skew`` shifts the device's clock (its HTTP Date header) by at most ten years either way
+MAX_SKEW_S = 10 * 365 * 86400.0
+_CONFIG_KEY = re.compile(r"^[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*$")
 
 
 def parse_fault(kind: str, arg: str | None) -> str | None:
@@ -92,6 +98,11 @@ def parse_fault(kind: str, arg: str | None) -> str | None:
     if kind == "update":
         total, silent = parse_update(arg)
         return f"{total},{silent}" if silent else str(total)
+    if kind == "clock-skew":
+        return str(parse_skew(arg))
+    if kind == "config-set":
+        key, value = parse_config_set(arg)
+        return f"{key}={json.dumps(value)}"
     if kind in CHANNEL_FAULTS:
         arg = arg if arg is not None else DEFAULT_CHANNEL.get(kind)
         if arg is None and kind == "garbage":
@@ -107,6 +118,37 @@ def parse_fault(kind: str, arg: str | None) -> str | None:
     if arg is not None:
         raise ValueError(f"{kind}: takes no argument, got {arg!r}")
     return None
+
+
+def parse_skew(arg: str | None) -> float:
+    """The ``clock-skew`` argument: seconds the device's clock runs ahead (negative: behind).
+
+    Raises:
+        ValueError: missing, not a number, or beyond :data:`MAX_SKEW_S`.
+    """
+    try:
+        seconds = float(arg if arg is not None else "")
+    except ValueError:
+        raise ValueError(f"clock-skew: argument must be seconds (e.g. 300 or -300), got {arg!r}") from None
+    if not abs(seconds) <= MAX_SKEW_S:
+        raise ValueError(f"clock-skew: seconds must be within ±{MAX_SKEW_S:.0f}, got {arg!r}")
+    return seconds
+
+
+def parse_config_set(arg: str | None) -> tuple[str, Any]:
+    """Split a ``config-set`` argument ``KEY=VALUE``: a dotted key and a JSON value (else text).
+
+    Raises:
+        ValueError: no ``=``, or the key is not dotted letters, digits, ``_`` and ``-``.
+    """
+    key, sep, text = (arg or "").partition("=")
+    if not sep or not _CONFIG_KEY.match(key):
+        raise ValueError(f"config-set: argument must be KEY=VALUE with a dotted KEY, got {arg!r}")
+    try:
+        value: Any = json.loads(text)
+    except ValueError:
+        value = text
+    return key, value
 
 
 def parse_update(arg: str | None) -> tuple[float, float]:
@@ -168,6 +210,8 @@ class DeviceServer:
         #: faults aimed at one channel, as an ordered set of (kind, channel)
         self.channel_faults: dict[tuple[str, str], None] = {}
         self.unplugged: set[str] = set()
+        #: ``config-set`` changes on top of the device's own configuration (dotted key -> value)
+        self.config_changes: dict[str, Any] = {}
         self._boot_mono = time.monotonic()
         self._uptime_offset_s = ident.initial_uptime_s
         self._tokens: OrderedDict[str, None] = OrderedDict()
@@ -193,6 +237,7 @@ class DeviceServer:
         """Return the active faults as strings such as ``slow 3.0``, ``offline ssh`` or ``unplug camera``."""
         out = [k if v is None else f"{k} {v}" for k, v in self.faults.items()]
         out += [f"{kind} {channel}" for kind, channel in self.channel_faults]
+        out += [f"config-set {key}" for key in self.config_changes]  # values may be secrets: keys only
         return out + [f"unplug {kind}" for kind in sorted(self.unplugged)]
 
     def record(self, kind: str, arg: str | None) -> None:
@@ -207,6 +252,11 @@ class DeviceServer:
             return
         if kind in CHANNEL_FAULTS and arg is not None:
             self.channel_faults[(kind, arg)] = None
+            return
+        if kind == "config-set":
+            key, value = parse_config_set(arg)
+            self.config_changes[key] = value
+            self._event(SYS, "INFO", "config", f"setting {key} changed")
             return
         self.faults[kind] = arg
         if kind in ("auth-fail", "reboot"):
@@ -233,6 +283,26 @@ class DeviceServer:
     def _down(self) -> bool:
         """The whole device is off the network (``offline`` without a channel, or rebooting)."""
         return "offline" in self.faults or "reboot" in self.faults or self._update_silent
+
+    def clock_now(self) -> datetime:
+        """The device's own clock: the real time shifted by a ``clock-skew`` fault."""
+        return datetime.now(UTC) + timedelta(seconds=float(self.faults.get("clock-skew") or 0.0))
+
+    def device_config(self) -> dict[str, Any]:
+        """The configuration the device reports (profile field ``config``), ``config-set`` applied."""
+        d = self.desc
+        secret = hashlib.sha256(f"hezo-sim:{self._seed}:{self.ident.index}:provisioning".encode()).hexdigest()
+        config: dict[str, Any] = {
+            "network": {"hostname": d.hostname, "dhcp": True, "vlan": 0},
+            "time": {"ntp_server": "pool.ntp.org", "timezone": "Europe/Warsaw"},
+            "audio": {"volume": 8, "noise_suppression": True},
+            "video": {"resolution": "1080p", "auto_framing": True},
+            "provisioning": {"url": f"https://dm.example.invalid/{d.serial}", "password": secret[:20]},
+        }
+        for key, value in self.config_changes.items():
+            with contextlib.suppress(ValueError):  # a key through a plain value: the device ignores it
+                set_path(config, key, value)
+        return config
 
     def update_state(self) -> str:
         """What the device reports at its profile's ``update_state`` field: ``upgrading`` or ``idle``."""
@@ -483,10 +553,11 @@ class DeviceServer:
         self.faults.clear()
         self.channel_faults.clear()
         self.unplugged.clear()
+        self.config_changes.clear()
 
     async def clear(self) -> None:
         """Remove every fault and act on it: listen again, drop hung connections."""
-        had = bool(self.faults or self.channel_faults or self.unplugged)
+        had = bool(self.faults or self.channel_faults or self.unplugged or self.config_changes)
         self.reset()
         await self._sync()
         if had:
@@ -567,6 +638,12 @@ class DeviceServer:
     # --- HTTP ------------------------------------------------------------------------------
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        response = await self._answer(request)
+        # the Date header from the device's own clock (a ``clock-skew`` fault shifts it)
+        response.headers["Date"] = format_datetime(self.clock_now(), usegmt=True)
+        return response
+
+    async def _answer(self, request: web.BaseRequest) -> web.StreamResponse:
         if "hang" in self._http_modes:
             await self._release.wait()
             if request.transport is not None:
@@ -628,6 +705,8 @@ class DeviceServer:
             return "idle"
         if field == "update_state":
             return self.update_state()
+        if field == "config":
+            return self.device_config()
         return getattr(self.desc, field)
 
     def _peripherals(self) -> list[dict[str, Any]]:

@@ -75,13 +75,15 @@ class Fleet:
         ymcs: bool = False,
         ymcs_port: int | None = None,
         ssh_authorized_keys: Sequence[str] = (),
+        cert_days: float | None = None,
     ) -> None:
         """Plan the fleet (identities, certificates, keys); nothing listens until :meth:`start`.
 
         ``ssh_port``/``snmp_port`` (None: off, 0: ephemeral ports) make every device serve SSH /
         SNMP on its own address, like ``vcapi_port``; ``ymcs=True`` (or a ``ymcs_port``) starts
         the mock YMCS cloud listing every device. ``ssh_authorized_keys`` are extra ``type
-        base64`` public keys the devices accept besides :attr:`ssh_client_key`.
+        base64`` public keys the devices accept besides :attr:`ssh_client_key`. ``cert_days``
+        gives every device a certificate that expires that many days from now (default: 20 years).
 
         Raises:
             ValueError: a count, port, size or public key out of range.
@@ -91,6 +93,8 @@ class Fleet:
             raise ValueError("ports must be 0..65535")
         if log_bytes < 0:
             raise ValueError("log_bytes must not be negative")
+        if cert_days is not None and not 0 < cert_days <= 36500:
+            raise ValueError("cert_days must be in (0, 36500]")
         idents = plan_identities(devices, seed)
         password = admin_password(seed)
         self.shared_port = can_bind(device_address(0, net))
@@ -112,7 +116,10 @@ class Fleet:
             else:  # only 127.0.0.1 is bindable here (e.g. macOS): one port per device
                 host, dev_port = "127.0.0.1", (port + ident.index if port else 0)
             cert = make_certificate(
-                host, ident.hostname, key_seed=f"hezo-sim:{seed}:{ident.index}:{host}:{dev_port}"
+                host,
+                ident.hostname,
+                key_seed=f"hezo-sim:{seed}:{ident.index}:{host}:{dev_port}",
+                valid_days=cert_days,
             )
             desc = SimDevice(
                 id=ident.id,

@@ -121,7 +121,7 @@ def test_an_older_store_gets_the_audit_table_on_open(tmp_path: Path) -> None:
     assert len(audit.entries()) == 1
     audit.close()
     db = sqlite3.connect(tmp_path / "agent.sqlite")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     db.close()
 
 

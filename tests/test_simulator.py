@@ -342,6 +342,7 @@ def test_bad_faults_are_refused(fleet: Fleet) -> None:
         *("offline", "hang", "slow", "reboot", "unplug", "auth-fail", "malformed"),
         *("endless", "drip", "garbage", "hostkey-change"),  # SSH and SNMP hostile modes (test_sim_channels)
         "update",  # a firmware update in progress (test_firmware_update)
+        *("clock-skew", "config-set"),  # the Date header and the config endpoint (test_device_findings_fed)
     }
 
 

@@ -5,7 +5,9 @@ Every requests/urllib3/ssl/socket exception is translated here, once, into
 (see :mod:`collectors.transports.http_pool`). A response is bounded in bytes (``max_bytes``)
 and in time: per socket operation by the connect/read timeouts, and per request by an overall
 deadline enforced both between body chunks and by a watchdog that shuts the socket down, so a
-drip-feeding device cannot hold a poll, not even while the headers are still arriving.
+drip-feeding device cannot hold a poll, not even while the headers are still arriving. Each
+device keeps its TLS session across polls (:class:`~collectors.transports.http_pool.TlsSessions`):
+its connections close after every poll, and the next poll resumes with an abbreviated handshake.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ import requests
 import urllib3.exceptions
 from urllib3.response import HTTPResponse as Urllib3Response
 
+from collectors.device_signals import cert_not_after, clock_offset_s
 from collectors.errors import (
     AuthFailed,
     CollectorError,
@@ -41,6 +45,7 @@ from collectors.transports.http_pool import (
     NO_VERIFY_CONTEXT,
     Deadline,
     SharedContextAdapter,
+    TlsSessions,
     verify_context,
 )
 
@@ -67,6 +72,10 @@ class HttpResponse:
     elapsed_ms: float
     source: str = ""
     connect_ms: float | None = None
+    #: the device's clock minus ours, from its ``Date`` header (None: no usable header)
+    clock_offset_s: float | None = None
+    #: when the certificate of the TLS connection that answered expires (None: plain HTTP)
+    cert_not_after: datetime | None = None
 
     def json(self) -> Any:
         """Decode the body as JSON.
@@ -154,8 +163,14 @@ class HttpTransport:
         read_timeout_s: float,
         max_bytes: int,
         total_timeout_s: float | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """Prepare (without connecting) a transport to ``scheme://host:port``.
+
+        A whole request (connect, TLS, headers, body) ends within ``total_timeout_s``, by default
+        the longer of the two timeouts: the driver passes its ``timeout_s`` as both, and the
+        config promises one device answer (connect + response) within ``timeout_s``.
+        ``monotonic`` only dates TLS sessions (tests pass a fake clock).
 
         Raises:
             ValueError: unknown scheme or TLS mode.
@@ -169,11 +184,14 @@ class HttpTransport:
         self._pins = pins if pins is not None else PinStore(None)
         self._timeouts = (connect_timeout_s, read_timeout_s)
         self.max_bytes = max_bytes
-        self.total_timeout_s = total_timeout_s or 2 * (connect_timeout_s + read_timeout_s)
+        self.total_timeout_s = total_timeout_s or max(connect_timeout_s, read_timeout_s)
+        #: the device's TLS session across polls, with counts of full and resumed handshakes
+        self.tls = TlsSessions(monotonic=monotonic)
         self._base = f"{scheme}://{self.label}"
         self._lock = threading.Lock()
         self._mounted = False
         self._mounted_pin: str | None = None
+        self._cert_seen: tuple[bytes, datetime | None] | None = None  # last peer DER and its notAfter
         self._session = requests.Session()
         self._session.trust_env = False  # no proxy, .netrc or CA bundle from the environment
         self._session.headers.update({"Accept-Encoding": "identity", "User-Agent": "hezo-agent"})
@@ -194,8 +212,13 @@ class HttpTransport:
         """
         source = f"{self.label} {method} {path}"
         started = time.perf_counter()
-        with Deadline(self.total_timeout_s) as deadline:
+        sent_at = time.time()
+        with Deadline(self.total_timeout_s, self.tls) as deadline:
             resp = self._send(method, path, json, headers, deadline, source)
+            offset = clock_offset_s(
+                resp.headers.get("date"), sent_at + (deadline.connect_ms or 0.0) / 1000, time.time()
+            )
+            not_after = self._cert_not_after(resp)
             try:
                 self._check_status(resp.status_code, source)
                 body = b"".join(self._chunks(resp.raw, deadline, source, self.max_bytes))
@@ -210,6 +233,8 @@ class HttpTransport:
             elapsed_ms=(time.perf_counter() - started) * 1000,
             source=source,
             connect_ms=deadline.connect_ms,
+            clock_offset_s=offset,
+            cert_not_after=not_after,
         )
 
     def download(
@@ -231,7 +256,7 @@ class HttpTransport:
         source = f"{self.label} {method} {path}"
         tmp = dest.with_name(dest.name + ".part")
         digest, size = hashlib.sha256(), 0
-        with Deadline(total_timeout_s or self.total_timeout_s) as deadline:
+        with Deadline(total_timeout_s or self.total_timeout_s, self.tls) as deadline:
             resp = self._send(method, path, None, headers, deadline, source)
             try:
                 self._check_status(resp.status_code, source)
@@ -253,7 +278,10 @@ class HttpTransport:
         return size, digest.hexdigest()
 
     def close_idle(self) -> None:
-        """Close pooled keep-alive connections (one poll's worth); the transport stays usable."""
+        """Close pooled keep-alive connections (one poll's worth); the transport stays usable.
+
+        The TLS session is kept: the next poll's connection resumes it.
+        """
         for adapter in self._session.adapters.values():
             adapter.close()
 
@@ -317,6 +345,7 @@ class HttpTransport:
         if deadline.fired:
             return DeviceTimeout(f"{source}: answer not complete within {deadline.seconds:g} s")
         if any("Fingerprints did not match" in str(e) for e in chain):
+            self.tls.forget()
             return self._identity_changed(_fingerprint_seen(err))
         refused = _refusal(chain)
         if refused:
@@ -342,6 +371,20 @@ class HttpTransport:
             f"{seen[:16]}…; no credentials were sent. Check the device, then remove its pin to re-trust."
         )
 
+    def _cert_not_after(self, resp: requests.Response) -> datetime | None:
+        """The expiry of the certificate the answering connection presented (parsed once per DER)."""
+        sock = getattr(getattr(resp.raw, "connection", None), "sock", None)
+        if not isinstance(sock, ssl.SSLSocket):
+            return None
+        try:
+            der = sock.getpeercert(binary_form=True)
+        except (ValueError, OSError):
+            return None
+        seen = self._cert_seen
+        if seen is None or seen[0] != der:
+            seen = self._cert_seen = (der or b"", cert_not_after(der))
+        return seen[1]
+
     def _mount(self) -> None:
         """Mount an adapter for the current TLS mode and pin, pinning on first contact."""
         pin: str | None = None
@@ -355,6 +398,8 @@ class HttpTransport:
                 return
             old = self._session.adapters.get(self._base + "/")
             self._session.mount(self._base + "/", SharedContextAdapter(ctx, pin))
+            if self._mounted:
+                self.tls.forget()  # a new pin: no session from under the old one is resumed
             self._mounted, self._mounted_pin = True, pin
         if old is not None:
             old.close()
@@ -384,7 +429,8 @@ class HttpTransport:
         try:
             with socket.create_connection((self.host, self.port), timeout=timeout) as raw:
                 raw.settimeout(timeout)
-                with NO_VERIFY_CONTEXT.wrap_socket(raw, server_hostname=sni) as tls:
+                # the base class's wrap_socket: a first contact never resumes a session
+                with ssl.SSLContext.wrap_socket(NO_VERIFY_CONTEXT, raw, server_hostname=sni) as tls:
                     der = tls.getpeercert(binary_form=True)
         except TimeoutError as err:
             raise DeviceTimeout(f"{source}: no answer within {timeout:g} s") from err

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -25,7 +25,8 @@ from config.schema import UPDATING_VALUES, Device, PeripheralMap, Profile
 T = TypeVar("T")
 
 FieldKey = Literal[
-    "model", "firmware", "serial", "mac", "hostname", "uptime_s", "call_state", "peripherals", "update_state"
+    "model", "firmware", "serial", "mac", "hostname", "uptime_s", "call_state", "peripherals", "update_state",
+    "config",
 ]
 IDENTITY_FIELDS: tuple[FieldKey, ...] = ("model", "firmware", "serial", "mac", "hostname")
 HEALTH_FIELDS: tuple[FieldKey, ...] = (
@@ -40,8 +41,16 @@ class _Steps:
     def __init__(self, connect_check: str) -> None:
         self.connect_check = connect_check
         self.checks: list[CheckResult] = []
+        #: the answer whose Date header is the best clock reading (the shortest round trip)
+        self.clock_from: HttpResponse | None = None
+        self.cert_not_after: datetime | None = None
 
     def saw(self, resp: HttpResponse, check: str) -> None:
+        if resp.clock_offset_s is not None and (
+            self.clock_from is None or resp.elapsed_ms < self.clock_from.elapsed_ms
+        ):
+            self.clock_from = resp
+        self.cert_not_after = resp.cert_not_after or self.cert_not_after
         if not self.checks:
             connect_ms = resp.connect_ms
             detail = "" if connect_ms is not None else "connection reused"
@@ -136,7 +145,28 @@ class YealinkHttpCollector(Collector):
             checks=tuple(steps.checks),
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
             updating=self._updating(answers),
+            device_time=_device_time(taken_at, steps.clock_from),
+            cert_not_after=steps.cert_not_after,
         )
+
+    def collect_config(self) -> dict[str, Any] | None:
+        """Read the configuration at the profile's ``fields.config`` (None: the profile maps none).
+
+        Raises:
+            CollectorError: any subclass from :mod:`collectors.errors`; UnexpectedResponse when
+                the mapped value is not a JSON object.
+        """
+        if "config" not in self._profile.fields:
+            return None
+        steps = self._steps()
+        try:
+            answers = self._fetch(("config",), steps)
+        finally:
+            self._transport.close_idle()
+        config = self._field("config", answers, required=True)
+        if not isinstance(config, dict):
+            raise UnexpectedResponse(f"{self._label}: field config: {self._where('config')} is not an object")
+        return config
 
     def collect_logs(self, dest_dir: Path) -> LogBundle:
         """Download the profile's ``logs`` endpoint to ``dest_dir/<device>-<UTC time>.tar.gz``.
@@ -362,6 +392,16 @@ class YealinkHttpCollector(Collector):
         smap = self._profile.update_state
         values = smap.updating_values if smap is not None else UPDATING_VALUES
         return any(_matches(state, value) for value in values)
+
+
+def _device_time(taken_at: datetime, answer: HttpResponse | None) -> datetime | None:
+    """The device's clock at ``taken_at``: our reading shifted by the offset its Date header showed."""
+    if answer is None or answer.clock_offset_s is None:
+        return None
+    try:
+        return taken_at + timedelta(seconds=answer.clock_offset_s)
+    except OverflowError:  # a Date header near year 1 or 9999: no reading rather than a failed poll
+        return None
 
 
 def _kind(raw: str) -> str:
