@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import random
 import shutil
 import socket
 import threading
@@ -68,6 +69,7 @@ log = logging.getLogger("hezo.agent")
 
 KEEP_LOGS_PER_DEVICE = 3
 LOG_RETRY_FIRST_S = 60.0  # a failed log export is tried again after this, doubling up to log_refresh_s
+FIRST_EXPORTS_PER_S = 4.0  # a big fleet's first log exports are spread to about this rate
 RECENT_EVENTS = 50
 REPLAY_CHECKS = 4  # a flap state not saved is replayed from this many windows of recorded polls
 
@@ -224,7 +226,11 @@ class Agent:
             timedelta(minutes=config.incidents.config_drift.check_every_minutes),
         )
         self.findings = FindingWatch(
-            config, self.profiles, self.incidents, self.quiet, blackboxes=self.blackboxes,
+            config,
+            self.profiles,
+            self.incidents,
+            self.quiet,
+            blackboxes=self.blackboxes,
             firmware_of=self._known_firmware,
             config_inputs=self.configs.inputs if config.incidents.config_drift.enabled else None,
             trackers=saved_trackers,
@@ -528,10 +534,25 @@ class Agent:
         due = self._log_due.get(device_id)
         if due is None:  # first look since start: the store knows when the last one was taken
             last = self.store.last_log(device_id)
-            due = outcome.at if last is None else last.taken_at + self._log_refresh
+            due = (
+                outcome.at + self._first_export_delay(device_id)
+                if last is None
+                else last.taken_at + self._log_refresh
+            )
             self._log_due[device_id] = due
         if outcome.at >= due:
             self.collect_log(device_id)
+
+    def _first_export_delay(self, device_id: str) -> timedelta:
+        """A device's first export waits a stable random share of ``devices / FIRST_EXPORTS_PER_S``
+        (never more than ``log_refresh_s``): 1,000 devices exporting on their first poll kept one
+        core busy for minutes and made every poll of that round late. A fleet of up to ten
+        seconds' worth (40 devices) exports on its first polls, as before."""
+        devices = len(self.config.devices)
+        if devices <= FIRST_EXPORTS_PER_S * 10:
+            return timedelta(0)
+        window = min(devices / FIRST_EXPORTS_PER_S, self.config.agent.log_refresh_s)
+        return timedelta(seconds=random.Random(device_id).uniform(0, window))
 
     @property
     def _log_refresh(self) -> timedelta:

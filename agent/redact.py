@@ -65,11 +65,14 @@ _PEM_END = re.compile(r"-----END [A-Z0-9 ]*PRIVATE KEY-----")
 _PEM_ONE_LINE = re.compile(rf"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:{_PEM_END.pattern}|$)")
 _PEM_BODY = re.compile(r"^\s*(?:[A-Za-z0-9+/=]{1,100}|Proc-Type:.*|DEK-Info:.*|Comment:.*)?\s*$")
 
-#: a cheap test: a line that matches none of these words needs no built-in rule
+#: a cheap test: a line that matches none of these words needs no built-in rule. It runs on the
+#: casefolded line with a case-sensitive pattern: (?i) over this alternation cost ~60 µs a line,
+#: this ~5 µs (redacting a 1,300-line log export spent most of its CPU here)
 _TRIGGER = re.compile(
-    rf"(?i)://|authoriz|cookie|snmp|communit|createuser|sink|bearer|eyJ|gh[pousr]_|xox[baprs]-|AKIA"
-    rf"|sip|{_KEYWORDS}|pass"
+    rf"://|authoriz|cookie|snmp|communit|createuser|sink|bearer|eyJ|gh[pousr]_|xox[baprs]-|AKIA"
+    rf"|sip|{_KEYWORDS}|pass".casefold()
 )
+assert "\\" not in _TRIGGER.pattern  # casefolding the pattern text is safe only without escapes
 
 
 Rule = tuple[re.Pattern[str], Callable[[re.Match[str]], str]]
@@ -279,7 +282,7 @@ class Redactor:
             line = _PEM_ONE_LINE.sub(PEM_MASK, line)
         if self._literal_re is not None:
             line = self._literal_re.sub(MASK, line)
-        if _TRIGGER.search(line):
+        if _TRIGGER.search(line.casefold()):
             for pattern, replace in _BUILTIN:
                 line = pattern.sub(replace, line)
         for extra in self._extra:

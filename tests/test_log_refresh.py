@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import io
 import tarfile
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from scripted import ScriptedCollector, scripted_agent, site
 
 from agent.clock import FakeClock
+from agent.daemon import Agent
 from collectors.errors import DeviceUnreachable
 from collectors.models import LogBundle
 
@@ -68,3 +69,44 @@ def test_a_working_export_is_refreshed_every_log_refresh_s(tmp_path: Path) -> No
 def test_backoff_ends_once_an_export_works(tmp_path: Path) -> None:
     # fails at 0, 1, 3 min; works from minute 5: tried at 7 min (backoff), then 15 min later
     assert run(tmp_path, 30, working_from=5) == [0, 60, 180, 420, 1320]
+
+
+def fleet_agent(tmp_path: Path, n: int) -> Agent:
+    raw = {
+        "agent": {"log_refresh_s": 900},
+        "sites": [site("hq")],
+        "devices": [
+            {
+                "id": f"a30-{i}",
+                "room": f"R{i}",
+                "site": "hq",
+                "model": "A30",
+                "host": f"127.0.{i // 250}.{i % 250 + 1}",
+            }
+            for i in range(n)
+        ],
+    }
+    agent, _scripts = scripted_agent(tmp_path, raw, FakeClock(START))
+    return agent
+
+
+def test_a_small_site_exports_logs_on_the_first_poll(tmp_path: Path) -> None:
+    agent = fleet_agent(tmp_path, 40)
+    try:
+        assert {agent._first_export_delay(d.id) for d in agent.config.devices} == {timedelta(0)}
+    finally:
+        agent.stop()
+
+
+def test_a_big_fleet_spreads_its_first_exports(tmp_path: Path) -> None:
+    agent = fleet_agent(tmp_path, 400)  # 400 devices at 4 first exports a second: over 100 s
+    try:
+        delays = sorted(agent._first_export_delay(d.id).total_seconds() for d in agent.config.devices)
+        assert delays[0] >= 0 and delays[-1] <= 100
+        assert delays[-1] - delays[0] > 80  # spread over the window, not bunched
+        busiest = max(sum(1 for x in delays if s <= x < s + 10) for s in range(0, 100, 10))
+        assert busiest < 80  # about 40 per 10 s; nowhere near all at once
+        again = sorted(agent._first_export_delay(d.id).total_seconds() for d in agent.config.devices)
+        assert again == delays  # stable per device
+    finally:
+        agent.stop()
