@@ -202,7 +202,10 @@ def run(size: Size, rng: random.Random, workdir: Path, report: Report, seed: int
         problem = str(t.fields.get("problem") or "")
         by_site[site_of.get(device, str(t.fields.get("site") or ""))].append(problem or device)
     n_devices = len(site_of)
-    blip_tickets = len(by_site["blips"]) + sum(opened[d] for d, s in site_of.items() if s == "blips")
+    # helpdesk tickets at the blip site (each counted once; a ticket_opened event is the same ticket)
+    blip_tickets = len(by_site["blips"])
+    if blip_tickets:
+        report.notes.append(f"tickets at the blip site by problem: {dict(Counter(by_site['blips']))}")
     blip_polls = sum(plans.failed[d] for d, s in site_of.items() if s == "blips")
     report.add("devices / simulated time / polls", f"{n_devices} / {size.hours:g} h / {loop.polls}")
     report.add(
