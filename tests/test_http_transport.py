@@ -25,6 +25,7 @@ from collectors.errors import (
     UnexpectedResponse,
 )
 from collectors.pins import PinStore, pin_key
+from collectors.transports import http_pool
 from collectors.transports.http import (
     NO_VERIFY_CONTEXT,
     HttpTransport,
@@ -435,6 +436,19 @@ def test_pin_store_reads_from_memory_and_sees_an_operators_edit_within_the_reval
 # --- TLS session resumption across polls ------------------------------------------------------------
 
 
+@pytest.fixture
+def resumption(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Session resumption switched on (off by default: see http_pool.RESUME_SESSIONS)."""
+    monkeypatch.setattr(http_pool, "RESUME_SESSIONS", True)
+
+
+def test_by_default_no_session_is_kept_and_every_poll_does_a_full_handshake(serve, tmp_path: Path) -> None:
+    server = serve(answer(body=b"{}"), server_context(make_certificate("127.0.0.1", "plain")))
+    t = transport(server.port, tls="pin", pins=PinStore(tmp_path / "pins.json"))
+    assert [_poll(t) for _ in range(3)] == [200] * 3
+    assert (t.tls.full, t.tls.resumed) == (3, 0) and t.tls.offer() is None
+
+
 def _poll(t: HttpTransport, path: str = "/") -> int:
     """One poll's worth: a request, then the connections closed as the driver does after a poll."""
     try:
@@ -444,7 +458,7 @@ def _poll(t: HttpTransport, path: str = "/") -> int:
 
 
 def test_a_simulated_devices_next_polls_resume_its_tls_session(
-    fleet_factory: Callable[..., Fleet], tmp_path: Path
+    fleet_factory: Callable[..., Fleet], tmp_path: Path, resumption: None
 ) -> None:
     dev = fleet_factory(devices=1).devices[0]
     pins = PinStore(tmp_path / "pins.json")
@@ -460,7 +474,7 @@ def test_a_simulated_devices_next_polls_resume_its_tls_session(
 
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
 def test_a_closed_connections_session_is_resumed_by_the_next_poll(
-    serve, tmp_path: Path, version: ssl.TLSVersion
+    serve, tmp_path: Path, version: ssl.TLSVersion, resumption: None
 ) -> None:
     ctx = server_context(make_certificate("127.0.0.1", "resume"))
     ctx.maximum_version = version  # both resume from session tickets
@@ -470,7 +484,9 @@ def test_a_closed_connections_session_is_resumed_by_the_next_poll(
     assert (t.tls.full, t.tls.resumed) == (1, 2)
 
 
-def test_an_impostor_cannot_resume_the_session_and_is_caught(serve, certs, tmp_path: Path) -> None:
+def test_an_impostor_cannot_resume_the_session_and_is_caught(
+    serve, certs, tmp_path: Path, resumption: None
+) -> None:
     pins = PinStore(tmp_path / "pins.json")
     first = serve(answer(body=b"{}"), certs["one"][0])
     t = transport(first.port, tls="pin", pins=pins)
@@ -487,7 +503,7 @@ def test_an_impostor_cannot_resume_the_session_and_is_caught(serve, certs, tmp_p
 
 
 def test_a_certificate_swapped_under_the_same_ticket_key_is_caught_at_the_next_full_handshake(
-    serve, tmp_path: Path
+    serve, tmp_path: Path, resumption: None
 ) -> None:
     """The one case resumption hides for a while: the same server (ticket key), a new certificate."""
     original = make_certificate("127.0.0.1", "original")
