@@ -335,7 +335,7 @@ class AgentConfig(Strict):
             KeyError: no such device.
         """
         cached = self._device_index
-        if cached is None or cached[0] is not self.devices or len(cached[1]) != len(self.devices):
+        if cached is None or cached[0] is not self.devices:  # a tuple: same object, same devices
             cached = self._device_index = (self.devices, {dev.id: dev for dev in self.devices})
         return cached[1][device_id]
 
