@@ -214,7 +214,7 @@ def write_bundle(
     try:
         with (
             part.open("wb") as raw,
-            gzip.GzipFile(fileobj=raw, mode="wb", mtime=mtime) as gz,
+            gzip.GzipFile(fileobj=raw, mode="wb", mtime=mtime, compresslevel=6) as gz,
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
         ):
             data = json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import io
 import logging
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from unittest import mock
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import agent.redact as redact_module
 from agent.known_secrets import known_secrets, redactor_for
 from agent.redact import MASK, RedactingFilter, Redactor, install_log_redaction
 from agent.ticket_text import DownContext, render_down_ticket
@@ -249,3 +254,50 @@ def test_a_key_block_anywhere_in_a_long_or_utf16_file_is_dropped(tmp_path: Path,
         assert not [s for s in planted() if s in text]
         assert text == ordinary + redactor.redact(key) + ordinary
         assert done.masked_lines == 5  # BEGIN, three body lines, END
+
+
+# Lines the block test must get right: secrets of every kind, key blocks, a casefold that grows
+# (ß → ss), a site pattern with anchors, CRLF, undecodable bytes, and plenty of clean lines.
+_MIXED_LINES = [
+    b"2026-01-05 10:00:00.000 INFO  netd: eth0: rx_packets=1 tx_packets=2\n",
+    b"2026-01-05 10:00:01.000 INFO  call: call started id=abc participants=3\n",
+    b"Stra\xc3\x9fe caf\xc3\xa9 ok\n",
+    b"account.1.password = Zq02sipPass\n",
+    f"login with {DEVICE_PASSWORD} failed\n".encode(),
+    b"meetingPin=123456 joined\n",
+    b"Token abcdefgh1234 issued\n",
+    b"-----BEGIN RSA PRIVATE KEY-----\n",
+    b"MIIEowIBAAKCAQEAqVfA3b8Lx0a+/==\n",
+    b"-----END RSA PRIVATE KEY-----\n",
+    b"crlf line\r\n",
+    b"bad \xff\xfe bytes\n",
+    b"Authorization: Bearer abcdefghijklmnop\n",
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    picks=st.lists(st.integers(0, len(_MIXED_LINES) - 1), max_size=120),
+    clean_run=st.integers(0, 400),
+    block=st.sampled_from([1, 64, 4096, 256 * 1024]),
+    last_newline=st.booleans(),
+)
+def test_a_file_redacted_in_blocks_equals_line_by_line(
+    picks: list[int], clean_run: int, block: int, last_newline: bool
+) -> None:
+    """The whole-block test may only skip lines the line-by-line rules would leave as they are."""
+    redactor = Redactor([DEVICE_PASSWORD], [SITE_PATTERN, r"^Token \w+", r"\Acrlf"])
+    lines = [_MIXED_LINES[0]] * clean_run + [_MIXED_LINES[i] for i in picks] + [_MIXED_LINES[1]] * clean_run
+    data = b"".join(lines)
+    if not last_newline and data.endswith(b"\n"):
+        data = data[:-1]
+    decoded = [raw.decode("utf-8", "surrogateescape") for raw in io.BytesIO(data)]
+    pairs = list(redactor._pairs(decoded))
+    expected = "".join(out for _, out in pairs).encode("utf-8", "surrogateescape")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "app.log"
+        path.write_bytes(data)
+        with mock.patch.object(redact_module, "BLOCK_BYTES", block):
+            done = redactor.redact_file(path, path)
+        assert path.read_bytes() == expected
+        assert done.masked_lines == sum(1 for line, out in pairs if line != out)

@@ -6,8 +6,13 @@ Every requests/urllib3/ssl/socket exception is translated here, once, into
 and in time: per socket operation by the connect/read timeouts, and per request by an overall
 deadline enforced both between body chunks and by a watchdog that shuts the socket down, so a
 drip-feeding device cannot hold a poll, not even while the headers are still arriving. Each
-device keeps its TLS session across polls (:class:`~collectors.transports.http_pool.TlsSessions`):
-its connections close after every poll, and the next poll resumes with an abbreviated handshake.
+device can keep its TLS session across polls (:class:`~collectors.transports.http_pool.TlsSessions`,
+off by default): its connections close after every poll, and the next poll resumes it.
+
+Requests go straight to one urllib3 connection pool per device, not through a
+``requests.Session``: its per-request layer (merging settings, preparing, cookies) cost about
+0.7 ms of CPU a request (bench/percall.py: 5.7 → 4.2 ms a poll of two requests). There is no
+cookie jar: every profile logs in with a token header.
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-import requests
 import urllib3.exceptions
+from urllib3 import Timeout
+from urllib3.connectionpool import HTTPConnectionPool
 from urllib3.response import HTTPResponse as Urllib3Response
 
 from collectors.device_signals import cert_not_after, clock_offset_s
@@ -46,6 +52,7 @@ from collectors.transports.http_pool import (
     Deadline,
     SharedContextAdapter,
     TlsSessions,
+    device_pool,
     verify_context,
 )
 
@@ -59,6 +66,13 @@ __all__ = [
 ]
 
 CHUNK_BYTES = 64 * 1024
+#: what every request carries (a caller's headers may replace them)
+BASE_HEADERS = {
+    "User-Agent": "hezo-agent",
+    "Accept-Encoding": "identity",
+    "Accept": "*/*",
+    "Connection": "keep-alive",
+}
 TLS_MODES = ("pin", "verify", "insecure")
 
 
@@ -183,18 +197,15 @@ class HttpTransport:
         self.label = pin_key(host, port)
         self._pins = pins if pins is not None else PinStore(None)
         self._timeouts = (connect_timeout_s, read_timeout_s)
+        self._timeout = Timeout(connect=connect_timeout_s, read=read_timeout_s)
         self.max_bytes = max_bytes
         self.total_timeout_s = total_timeout_s or max(connect_timeout_s, read_timeout_s)
         #: the device's TLS session across polls, with counts of full and resumed handshakes
         self.tls = TlsSessions(monotonic=monotonic)
-        self._base = f"{scheme}://{self.label}"
         self._lock = threading.Lock()
-        self._mounted = False
-        self._mounted_pin: str | None = None
+        self._pool: HTTPConnectionPool | None = None
+        self._pin_used: tuple[str | None] | None = None  # the pin of the last pool (None: no pool yet)
         self._cert_seen: tuple[bytes, datetime | None] | None = None  # last peer DER and its notAfter
-        self._session = requests.Session()
-        self._session.trust_env = False  # no proxy, .netrc or CA bundle from the environment
-        self._session.headers.update({"Accept-Encoding": "identity", "User-Agent": "hezo-agent"})
 
     @property
     def fingerprint(self) -> str | None:
@@ -220,15 +231,15 @@ class HttpTransport:
             )
             not_after = self._cert_not_after(resp)
             try:
-                self._check_status(resp.status_code, source)
-                body = b"".join(self._chunks(resp.raw, deadline, source, self.max_bytes))
+                self._check_status(resp.status, source)
+                body = b"".join(self._chunks(resp, deadline, source, self.max_bytes))
             except BaseException:
                 resp.close()
                 raise
-            resp.raw.release_conn()
+            resp.release_conn()
         return HttpResponse(
-            status=resp.status_code,
-            headers={k.lower(): v for k, v in resp.headers.items()},
+            status=resp.status,
+            headers={name.lower(): resp.headers[name] for name in resp.headers},  # repeats joined by ", "
             body=body,
             elapsed_ms=(time.perf_counter() - started) * 1000,
             source=source,
@@ -259,11 +270,11 @@ class HttpTransport:
         with Deadline(total_timeout_s or self.total_timeout_s, self.tls) as deadline:
             resp = self._send(method, path, None, headers, deadline, source)
             try:
-                self._check_status(resp.status_code, source)
-                if not 200 <= resp.status_code < 300:
-                    raise UnexpectedResponse(f"{source}: answered HTTP {resp.status_code}")
+                self._check_status(resp.status, source)
+                if not 200 <= resp.status < 300:
+                    raise UnexpectedResponse(f"{source}: answered HTTP {resp.status}")
                 with tmp.open("wb") as fh:
-                    for chunk in self._chunks(resp.raw, deadline, source, max_bytes):
+                    for chunk in self._chunks(resp, deadline, source, max_bytes):
                         size += len(chunk)
                         digest.update(chunk)
                         fh.write(chunk)
@@ -274,20 +285,22 @@ class HttpTransport:
                 if isinstance(err, OSError):
                     raise CollectorError(f"{source}: cannot write {dest}: {err.strerror}") from err
                 raise
-            resp.raw.release_conn()
+            resp.release_conn()
         return size, digest.hexdigest()
 
     def close_idle(self) -> None:
         """Close pooled keep-alive connections (one poll's worth); the transport stays usable.
 
-        The TLS session is kept: the next poll's connection resumes it.
+        A kept TLS session stays: the next poll's connection resumes it.
         """
-        for adapter in self._session.adapters.values():
-            adapter.close()
+        with self._lock:
+            pool, self._pool = self._pool, None  # the next request builds a new pool
+        if pool is not None:
+            pool.close()  # a request still reading hands its connection back to a closed pool: closed
 
     def close(self) -> None:
         """Release every connection."""
-        self._session.close()
+        self.close_idle()
 
     # --- internals ------------------------------------------------------------------------
 
@@ -299,20 +312,29 @@ class HttpTransport:
         headers: Mapping[str, str] | None,
         deadline: Deadline,
         source: str,
-    ) -> requests.Response:
-        self._mount()
+    ) -> Urllib3Response:
+        pool = self._device_pool()
+        sent = {**BASE_HEADERS, **(headers or {})}
+        body = None
+        if json is not None:
+            body = jsonlib.dumps(json).encode("utf-8")
+            sent.setdefault("Content-Type", "application/json")
         try:
-            return self._session.request(
+            resp = pool.urlopen(
                 method,
-                self._base + path,
-                json=json,
-                headers=dict(headers or {}),
-                timeout=self._timeouts,
-                stream=True,
-                allow_redirects=False,
+                path,
+                body=body,
+                headers=sent,
+                retries=False,
+                redirect=False,
+                assert_same_host=False,
+                timeout=self._timeout,
+                preload_content=False,
+                release_conn=False,
             )
-        except requests.RequestException as err:
+        except (urllib3.exceptions.HTTPError, OSError) as err:
             raise self._translate(err, deadline, source) from err
+        return cast(Urllib3Response, resp)  # what a connection pool's urlopen always builds
 
     def _chunks(self, raw: Urllib3Response, deadline: Deadline, source: str, cap: int) -> Iterator[bytes]:
         """Yield body chunks as they arrive, stopping at the overall deadline or past ``cap`` bytes."""
@@ -351,16 +373,13 @@ class HttpTransport:
         if refused:
             return DeviceUnreachable(f"{source}: {refused}")
         connect_s, read_s = self._timeouts
-        if isinstance(err, requests.ConnectTimeout) or any(
+        if any(
             isinstance(e, urllib3.exceptions.ConnectTimeoutError)
             and not isinstance(e, urllib3.exceptions.NewConnectionError)
             for e in chain
         ):
             return DeviceTimeout(f"{source}: connect timed out after {connect_s:g} s")
-        if any(
-            isinstance(e, (requests.ReadTimeout, urllib3.exceptions.ReadTimeoutError, TimeoutError))
-            for e in chain
-        ):
+        if any(isinstance(e, (urllib3.exceptions.ReadTimeoutError, TimeoutError)) for e in chain):
             return DeviceTimeout(f"{source}: no answer within {read_s:g} s")
         return DeviceUnreachable(f"{source}: {_why(err)}")
 
@@ -371,9 +390,9 @@ class HttpTransport:
             f"{seen[:16]}…; no credentials were sent. Check the device, then remove its pin to re-trust."
         )
 
-    def _cert_not_after(self, resp: requests.Response) -> datetime | None:
+    def _cert_not_after(self, resp: Urllib3Response) -> datetime | None:
         """The expiry of the certificate the answering connection presented (parsed once per DER)."""
-        sock = getattr(getattr(resp.raw, "connection", None), "sock", None)
+        sock = getattr(resp.connection, "sock", None)
         if not isinstance(sock, ssl.SSLSocket):
             return None
         try:
@@ -385,8 +404,8 @@ class HttpTransport:
             seen = self._cert_seen = (der or b"", cert_not_after(der))
         return seen[1]
 
-    def _mount(self) -> None:
-        """Mount an adapter for the current TLS mode and pin, pinning on first contact."""
+    def _device_pool(self) -> HTTPConnectionPool:
+        """The connection pool for the current TLS mode and pin, pinning on first contact."""
         pin: str | None = None
         ctx = NO_VERIFY_CONTEXT
         if self.scheme == "https" and self.tls_mode == "pin":
@@ -394,15 +413,16 @@ class HttpTransport:
         elif self.scheme == "https" and self.tls_mode == "verify":
             ctx = verify_context()
         with self._lock:
-            if self._mounted and self._mounted_pin == pin:
-                return
-            old = self._session.adapters.get(self._base + "/")
-            self._session.mount(self._base + "/", SharedContextAdapter(ctx, pin))
-            if self._mounted:
+            old = self._pool
+            if old is not None and self._pin_used == (pin,):
+                return old
+            if self._pin_used is not None and self._pin_used != (pin,):
                 self.tls.forget()  # a new pin: no session from under the old one is resumed
-            self._mounted, self._mounted_pin = True, pin
+            self._pool = pool = device_pool(self.scheme, self.host, self.port, ctx, pin)
+            self._pin_used = (pin,)
         if old is not None:
             old.close()
+        return pool
 
     def _pin(self) -> str:
         try:

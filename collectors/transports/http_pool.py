@@ -331,6 +331,27 @@ class _HTTPSPool(HTTPSConnectionPool):
             conn.connect()
 
 
+def device_pool(
+    scheme: str, host: str, port: int, ssl_context: ssl.SSLContext, fingerprint: str | None = None
+) -> HTTPConnectionPool:
+    """One device's urllib3 pool: watchdog-aware connections, the shared context, the pin.
+
+    No retries and no redirects (the caller asks for neither), at most 4 kept connections.
+    """
+    if scheme == "http":
+        return _HTTPPool(host, port, maxsize=4, block=False, retries=False)
+    return _HTTPSPool(
+        host,
+        port,
+        maxsize=4,
+        block=False,
+        retries=False,
+        ssl_context=ssl_context,
+        cert_reqs="CERT_NONE" if ssl_context.verify_mode == ssl.CERT_NONE else "CERT_REQUIRED",
+        assert_fingerprint=fingerprint,
+    )
+
+
 class SharedContextAdapter(HTTPAdapter):
     """Hands urllib3 a shared SSLContext (and an optional pinned fingerprint) for every connection.
 
