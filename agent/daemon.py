@@ -329,7 +329,7 @@ class Agent:
             flap = saved.get(dev.id) if settings.enabled else FlapState.initial()
             if flap is None:
                 recent = self.store.recent_outcomes(dev.id, REPLAY_CHECKS * settings.checks)
-                flap = replay((r.reachable for r in reversed(recent)), settings)
+                flap = replay((r.reachable for r in reversed(recent)), settings, self.config.agent.down_after)
             flaps[dev.id] = flap
         return flaps
 
@@ -365,7 +365,9 @@ class Agent:
         liveness = dataclasses.replace(outcome, ok=outcome.reachable)
         previous = self.states[device_id]
         state, events = step(previous, liveness, self.policy)
-        flap, flap_event = flap_step(self.flaps[device_id], liveness.ok, self.config.flapping)
+        flap, flap_event = flap_step(
+            self.flaps[device_id], liveness.ok, self.config.flapping, self.config.agent.down_after
+        )
         found = self.findings.judge(outcome, updating_since=updating_since)
         self._save_poll(outcome, state, facts, flap, found.state)
         self.states[device_id] = state

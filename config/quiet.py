@@ -68,6 +68,13 @@ class FlappingSettings(Strict):
     checks: int = Field(default=21, ge=5, le=100, description="poll results kept per device")
     high_threshold_pct: float = Field(default=50.0, gt=0, le=100, description="start flapping above this")
     low_threshold_pct: float = Field(default=25.0, ge=0, lt=100, description="stop flapping below this")
+    blips_threshold_pct: float = Field(
+        default=70.0,
+        gt=0,
+        le=100,
+        description="start flapping above this when the checks hold no confirmed outage"
+        " (agent.down_after failed polls in a row), only one- and two-poll failures",
+    )
 
     @model_validator(mode="after")
     def _low_below_high(self) -> FlappingSettings:
@@ -78,6 +85,12 @@ class FlappingSettings(Strict):
                 "low_threshold_pct",
                 f"must be less than high_threshold_pct ({self.high_threshold_pct:g}),"
                 f" got {self.low_threshold_pct:g}",
+            )
+        if self.blips_threshold_pct < self.high_threshold_pct:
+            raise FieldProblem(
+                "blips_threshold_pct",
+                f"must be at least high_threshold_pct ({self.high_threshold_pct:g}),"
+                f" got {self.blips_threshold_pct:g}",
             )
         return self
 

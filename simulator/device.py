@@ -13,14 +13,12 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import io
 import json
 import logging
 import re
 import secrets
 import socket
 import ssl
-import tarfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
@@ -38,7 +36,7 @@ from simulator.certs import DeviceCertificate, server_context
 from simulator.identity import PERIPHERAL_NAMES, Identity, SimDevice
 from simulator.logs import APP, MTR_NAMES, SYS, LogEvent, boot_lines, build_archive, routine_lines
 from simulator.snmp_agent import SNMP_FAULTS, Interface, Mib, SnmpAgent, device_mib
-from simulator.ssh_server import LOG_DIR, SSH_FAULTS, ShellFacts, SshServer
+from simulator.ssh_server import SSH_FAULTS, ShellFacts, SshServer
 from simulator.vcapi import VCAPI_FAULTS, VcApiServer
 from simulator.ymcs_wire import device_record
 
@@ -319,15 +317,6 @@ class DeviceServer:
         """What an SSH command may report; the log files only when asked (they cost an export)."""
         d = self.desc
         names = self._peripheral_names()
-        files: dict[str, bytes] = {}
-        if with_files:
-            archive = self._archive()
-            with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
-                for member in tar.getmembers():
-                    data = tar.extractfile(member)
-                    if data is not None:
-                        files[f"{LOG_DIR}/{member.name.rsplit('/', 1)[-1]}"] = data.read()
-            files[f"{LOG_DIR}/export.tar.gz"] = archive
         return ShellFacts(
             model=d.model,
             firmware=d.firmware,
@@ -337,7 +326,7 @@ class DeviceServer:
             username=d.username,
             uptime_s=self.uptime_s(),
             peripherals={kind: (name, kind not in self.unplugged) for kind, name in names.items()},
-            files=files,
+            archive=self.archive_recipe() if with_files else None,
         )
 
     def snmp_mib(self) -> Mib:
@@ -665,7 +654,7 @@ class DeviceServer:
             if self.profile.auth.kind == "token" and not self._authorised(request):
                 return _error(401, "unauthorized")
             if name == "logs":
-                return self._logs()
+                return await self._logs()
             return self._json(name)
         return _error(404, "not found")
 
@@ -730,17 +719,20 @@ class DeviceServer:
             text = text[: max(len(text) // 2, 1)]
         return web.Response(text=text, content_type="application/json")
 
-    def _logs(self) -> web.Response:
+    async def _logs(self) -> web.Response:
         if "malformed" in self._http_modes:
             return web.Response(body=b"<html><body>500 export failed</body></html>", content_type=GZIP)
+        body = await asyncio.get_running_loop().run_in_executor(None, self.archive_recipe())
         return web.Response(
-            body=self._archive(),
+            body=body,
             content_type=GZIP,
             headers={"Content-Disposition": f'attachment; filename="{self.desc.hostname}-logs.tar.gz"'},
         )
 
-    def _archive(self) -> bytes:
-        """The log export (tar.gz with sys.log and app.log) as the device would write it now."""
+    def archive_recipe(self) -> Callable[[], bytes]:
+        """Capture the device's state now (loop thread) and return what builds its log export
+        (tar.gz with sys.log and app.log) from it, in any thread: rendering and compressing a big
+        log is the expensive part, and the loop serves every other device meanwhile."""
         names = self._peripheral_names()
         now = datetime.now(UTC)
         d = self.desc
@@ -749,14 +741,21 @@ class DeviceServer:
         if d.model == "MVC" and self.unplugged:
             states = ". ".join(f"{MTR_NAMES.get(k, k)} status : Unhealthy" for k in gone)
             tail.append((SYS, "ERROR", "SRS-App[3001]", f"Hardware check: {states}."))
-        return build_archive(
-            booted_at=now - timedelta(seconds=self.uptime_s()),
-            boot=boot_lines(d.model, d.firmware, d.serial, d.mac, names),
-            routine=routine_lines(f"hezo-sim:{self._seed}:{self.ident.index}:logs", d.model, self._log_bytes),
-            events=list(self._events),
-            tail=tail,
-            now=now,
-        )
+        booted_at = now - timedelta(seconds=self.uptime_s())
+        events = list(self._events)
+        seed_key, log_bytes = f"hezo-sim:{self._seed}:{self.ident.index}:logs", self._log_bytes
+
+        def build() -> bytes:
+            return build_archive(
+                booted_at=booted_at,
+                boot=boot_lines(d.model, d.firmware, d.serial, d.mac, names),
+                routine=routine_lines(seed_key, d.model, log_bytes),
+                events=events,
+                tail=tail,
+                now=now,
+            )
+
+        return build
 
 
 def _error(status: int, message: str) -> web.Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 from pathlib import Path
 
 import pytest
@@ -28,13 +29,16 @@ UP, DOWN = True, False
 
 
 def run(
-    results: list[bool], settings: FlappingSettings = DEFAULTS, state: FlapState | None = None
+    results: list[bool],
+    settings: FlappingSettings = DEFAULTS,
+    state: FlapState | None = None,
+    k: int | None = None,
 ) -> tuple[FlapState, list[tuple[int, FlapStarted | FlapStopped]]]:
     """Feed ``results`` one by one; return the final state and (index, event) of every event."""
     current = state or FlapState.initial()
     events: list[tuple[int, FlapStarted | FlapStopped]] = []
     for i, ok in enumerate(results):
-        current, event = flap_step(current, ok, settings)
+        current, event = flap_step(current, ok, settings, k)
         if event is not None:
             events.append((i, event))
     return current, events
@@ -170,7 +174,7 @@ def test_with_the_real_poll_cadence_many_outages_become_one_flap() -> None:
         ok = (clock.now() - start).total_seconds() % 120 < 60  # down 60 s of every 120 s
         device, events = step(device, PollOutcome("bar", clock.now(), ok, "poll", 0.1), policy)
         went_down += sum(isinstance(e, WentDown) for e in events)
-        flap, event = flap_step(flap, ok, DEFAULTS)
+        flap, event = flap_step(flap, ok, DEFAULTS, policy.down_after)
         started += isinstance(event, FlapStarted)
         stopped += isinstance(event, FlapStopped)
         clock.advance(next_delay_s(device, policy))
@@ -203,6 +207,10 @@ def test_thresholds_and_window_are_configurable() -> None:
             "flapping.low_threshold_pct: must be less than high_threshold_pct (30), got 30",
         ),
         ("flapping: {checks: 3}", "flapping.checks: must be at least 5, got 3"),
+        (
+            "flapping: {blips_threshold_pct: 40}",
+            "flapping.blips_threshold_pct: must be at least high_threshold_pct (50), got 40",
+        ),
         ("flapping: {high_threshold_pct: 150}", "flapping.high_threshold_pct: must be at most 100, got 150"),
     ],
 )
@@ -222,3 +230,52 @@ sites:
 devices:
   - {id: d1, room: R1, site: s1, model: A20, host: 127.0.0.1}
 """
+
+
+# --- blips are not outages (issue 9: one- and two-poll failures open nothing) -------------
+
+
+def _blips(rng: random.Random, polls: int, rate: float) -> list[bool]:
+    """Poll results of a device failing one or two polls in a row on ``rate`` of its polls, then
+    answering the retry (never k = 3 failures in a row)."""
+    results: list[bool] = []
+    for _ in range(polls):
+        results.append(UP)
+        if rng.random() < rate:
+            results += [DOWN] * rng.choice((1, 2)) + [UP]
+    return results
+
+
+def test_random_one_and_two_poll_blips_never_start_flapping_with_k() -> None:
+    rng = random.Random(9)
+    crossed_nagios_bar = 0
+    for _device in range(1000):
+        results = _blips(rng, 120, 0.05)
+        state, events = run(results, k=3)
+        assert events == [] and not state.flapping
+        _, nagios = run(results)  # the Nagios rule alone (no k): the same blips do cross 50 %
+        crossed_nagios_bar += bool(nagios)
+    assert crossed_nagios_bar > 0  # the test is not vacuous: these blips are dense enough
+
+
+def test_a_device_failing_every_other_poll_still_flaps_without_an_outage() -> None:
+    _, events = run(alternating(60), k=3)
+    assert [type(e) for _, e in events] == [FlapStarted]
+    assert events[0][1].threshold == DEFAULTS.blips_threshold_pct
+
+
+def test_between_the_two_bars_only_a_window_with_a_confirmed_outage_flaps() -> None:
+    """~55 %: blips alone stay below the blips bar; three failures in a row make it an outage."""
+    blips = [UP] * 10 + [DOWN, UP] * 5 + [DOWN]  # the 11 newest changes: 61.5 %
+    assert 50.0 < percent_state_change(tuple(blips), 21) < 70.0
+    state, events = run(blips, k=3)
+    assert events == [] and not state.flapping
+    outage = [UP] * 8 + [DOWN] * 3 + [UP, DOWN] * 5  # three down in a row, then blips: 61.2 %
+    assert 50.0 < percent_state_change(tuple(outage), 21) < 70.0
+    _, events = run(outage, k=3)
+    assert [type(e) for _, e in events] == [FlapStarted] and events[0][1].threshold == 50.0
+
+
+def test_the_blips_bar_may_not_be_below_the_high_bar() -> None:
+    with pytest.raises(ValueError, match="must be at least high_threshold_pct"):
+        FlappingSettings(high_threshold_pct=60.0, blips_threshold_pct=55.0)
