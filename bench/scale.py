@@ -307,6 +307,11 @@ def summarize(
         "flat (≤ 5 MB or 5 %)",
         flat,
     )
+    if len(steady_rss) > 3:  # does it level off? the growth of each half of the steady window
+        mid = len(steady_rss) // 2
+        halves = (steady_rss[mid] - steady_rss[0], steady_rss[-1] - steady_rss[mid])
+        split = " / ".join(f"{h / MiB:+.1f} MB" for h in halves)
+        report.add("agent RSS growth, first / second half of it", split)
     report.add("agent CPU per poll", f"{a_per:.1f} ms")
     report.add("blackbox_exporter CPU per probe", f"{b_per:.1f} ms")
     ratio = a_per / b_per if b_per else float("inf")
