@@ -33,6 +33,7 @@ from agent.flapping import PROBLEM_FLAPPING, FlapStarted, FlapState, FlapStopped
 from agent.forward import SyslogForwarder
 from agent.incidents import IncidentManager, IncidentRules, Problem
 from agent.known_secrets import redactor_for
+from agent.memory import release_free_memory
 from agent.models import PollOutcome
 from agent.poller import Poller
 from agent.quiet import QuietJudge
@@ -662,6 +663,7 @@ class Agent:
         )
         self._scheduler.add_periodic(self.dispatcher.flush, every_s=5.0, job_id="dispatch")
         self._scheduler.add_periodic(self._tick, every_s=60.0, job_id="sla")
+        self._scheduler.add_periodic(release_free_memory, every_s=60.0, job_id="release-memory")
         if self.ticket_commands.active:
             self._scheduler.add_periodic(
                 self.ticket_commands.run_once, every_s=self.config.commands.poll_s, job_id="ticket-commands"
