@@ -18,7 +18,8 @@ archives also go straight through the agent's extractor (``collectors.safe_extra
 limits): each must be rejected, bounded in time, with nothing left behind.
 
 The real :class:`~agent.daemon.Agent` polls every device (HTTP, every 5 s here) and collects
-each one's log export after its first good poll, as ``hezo-agent run`` does. Measured per case:
+their log exports as ``hezo-agent run`` does (first exports spread at ~1/s), except that each
+hostile device's first export follows its first good poll. Measured per case:
 time and bytes, what the agent concluded, files outside the agent's data folder, requests (or
 SSH logins) after the identity change, and the lateness of the healthy devices' polls.
 """
@@ -38,6 +39,7 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -352,6 +354,13 @@ def run(size: Size, workdir: Path, report: Report) -> None:
         config = load_config(config_path)
         daemon.PollScheduler = TimedScheduler  # type: ignore[misc]  # the timing probe of _agent_worker
         agent = Agent(config)
+        # the hostile devices' first exports right after their first good poll: a fleet of over
+        # ten devices spreads first exports at ~1/s, and this run must reach every hostile export
+        # (the healthy devices' exports stay spread, as in `hezo-agent run`)
+        spread, hostile_ids = agent._first_export_delay, {ids[name] for name in HTTP_CASES}
+        agent._first_export_delay = (  # type: ignore[method-assign]
+            lambda device_id: timedelta(0) if device_id in hostile_ids else spread(device_id)
+        )
         plain_poll, plain_collect = agent.poll_once, agent.collect_log
 
         def timed_poll(device_id: str) -> float:
@@ -498,8 +507,8 @@ def finish(
             lambda c: c.kept_bytes == 0 and c.attempts > 0 and c.seconds <= 60,
         ),
         "gzip_bomb": ("compressed bytes only", lambda c: c.kept_bytes <= len(hostile.bomb)),
-        "zip_slip": ("nothing outside", lambda c: True),
-        "symlink": ("nothing outside", lambda c: True),
+        "zip_slip": ("reached, nothing outside", lambda c: c.attempts > 0),  # files outside: own row
+        "symlink": ("reached, nothing outside", lambda c: c.attempts > 0),
         "cert_change": ("0 requests after", lambda c: c.requests_after_change == 0),
     }
     for name in HTTP_CASES:
