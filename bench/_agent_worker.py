@@ -59,7 +59,7 @@ class TimedScheduler(PollScheduler):
 
 
 def pull_logs(spec: dict[str, Any], t0: float, stop: threading.Event) -> dict[str, Any]:
-    """Pull ``spec["remote_path"]`` from every host in ``spec["hosts"]`` at ``spec["concurrency"]``."""
+    """Pull a file from every (host, port, remote path) in ``spec["hosts"]`` at ``spec["concurrency"]``."""
     wait_s = t0 + float(spec["start_at_s"]) - time.monotonic()
     if wait_s > 0 and stop.wait(wait_s):
         return {"started": None, "pulls": []}
@@ -67,8 +67,8 @@ def pull_logs(spec: dict[str, Any], t0: float, stop: threading.Event) -> dict[st
     folder = Path(tempfile.mkdtemp(prefix="hezo-logpull-"))
     known = KnownHosts(folder / "known_hosts")
 
-    def one(item: tuple[int, str, int]) -> dict[str, Any]:
-        index, host, port = item
+    def one(item: tuple[int, str, int, str]) -> dict[str, Any]:
+        index, host, port, remote = item
         started = time.monotonic()
         transport = SshTransport(
             host,
@@ -79,10 +79,10 @@ def pull_logs(spec: dict[str, Any], t0: float, stop: threading.Event) -> dict[st
             timeout_s=float(spec["timeout_s"]),
             max_bytes=1_000_000,
         )
-        dest = folder / f"{index}-{Path(spec['remote_path']).name}"
+        dest = folder / f"{index}-{Path(remote).name}"
         try:
             size, sha = transport.fetch(
-                spec["remote_path"],
+                remote,
                 dest,
                 timeout_s=float(spec["fetch_timeout_s"]),
                 max_bytes=int(spec["max_bytes"]),
@@ -103,7 +103,7 @@ def pull_logs(spec: dict[str, Any], t0: float, stop: threading.Event) -> dict[st
         }
 
     started = time.monotonic()
-    items = [(i, h, int(p)) for i, (h, p) in enumerate(spec["hosts"])]
+    items = [(i, h, int(p), str(r)) for i, (h, p, r) in enumerate(spec["hosts"])]
     try:
         with ThreadPoolExecutor(max_workers=int(spec["concurrency"]), thread_name_prefix="logpull") as pool:
             pulls = list(pool.map(one, items))

@@ -38,7 +38,8 @@ from _common import (
 from _fleet import SimProcess, started
 
 HERE = Path(__file__).resolve().parent
-REMOTE = "/var/log/app.log"
+#: the bigger of a device's two logs: the MVC writes most to sys.log, the A20/A30 to app.log
+REMOTE = {"MVC": "/var/log/sys.log", "default": "/var/log/app.log"}
 
 
 @dataclass(frozen=True)
@@ -113,10 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         config = poll.write_config(
             workdir / "agent.yaml", workdir / "data", poll_interval_s=size.interval_s, jitter_s=size.jitter_s
         )
-        hosts = [[host, port] for sim in ssh for host, port in sim.ssh_endpoints()]
+        models = {d["host"]: d["model"] for sim in ssh for d in sim.config()["devices"]}
+        hosts = [
+            [host, port, REMOTE.get(models.get(host, ""), REMOTE["default"])]
+            for sim in ssh
+            for host, port in sim.ssh_endpoints()
+        ]
         spec = {
             "hosts": hosts,
-            "remote_path": REMOTE,
             "concurrency": size.concurrency,
             "username": "admin",
             "key_file": str(ssh[0].config_path.with_name(f"{ssh[0].config_path.stem}.ssh-key")),
@@ -213,7 +218,8 @@ def summarize(report: Report, size: Size, result: dict[str, Any], watch: ProcWat
     errors = sorted({p["error"][:100] for p in pulls if p["error"]})
     errors += sorted({str(p[5])[:100] for p in polls if not p[4]})
     report.notes += [
-        f"each device serves {REMOTE} over SFTP (simulator --log-bytes {size.log_bytes}); pulled with the "
+        f"each device serves its bigger log ({REMOTE['default']}, {REMOTE['MVC']} on an MVC) over SFTP "
+        f"(simulator --log-bytes {size.log_bytes}); pulled with the "
         "agent's "
         "SshTransport.fetch into a temporary folder, key login, host key trusted on first use",
         "lateness = poll start − the due time the agent's scheduler set; 'during' = polls that overlapped "
