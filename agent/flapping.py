@@ -113,10 +113,10 @@ def flap_step(
         return state, None
     history = (*state.history, ok)[-settings.checks :]
     percent = percent_state_change(history, settings.checks)
-    if not state.flapping:
-        bar = settings.high_threshold_pct
+    if not state.flapping and percent > settings.high_threshold_pct:
+        bar = settings.high_threshold_pct  # the settings keep blips_threshold_pct at or above it
         if down_after is not None and longest_failure_run(history) < down_after:
-            bar = max(bar, settings.blips_threshold_pct)
+            bar = settings.blips_threshold_pct
         if percent > bar:
             return FlapState(history, True, percent), FlapStarted(percent, bar)
     if state.flapping and percent < settings.low_threshold_pct:

@@ -596,7 +596,7 @@ class SshServer:
     # --- one connection (session thread) ---
 
     def files(self) -> dict[str, bytes]:
-        """The device's files (computed on the loop thread)."""
+        """The device's files (its state captured on the loop thread, the files built in this one)."""
         return dict(self._in_loop(lambda: self._facts(True)).with_files().files)
 
     def _in_loop(self, func: Callable[[], T]) -> T:

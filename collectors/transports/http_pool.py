@@ -347,9 +347,15 @@ def device_pool(
         block=False,
         retries=False,
         ssl_context=ssl_context,
-        cert_reqs="CERT_NONE" if ssl_context.verify_mode == ssl.CERT_NONE else "CERT_REQUIRED",
+        cert_reqs=_cert_reqs(ssl_context),
         assert_fingerprint=fingerprint,
     )
+
+
+def _cert_reqs(ssl_context: ssl.SSLContext) -> Literal["CERT_REQUIRED", "CERT_NONE"]:
+    """urllib3's name for the context's own verify mode, so urllib3 never switches the shared
+    context into another mode."""
+    return "CERT_NONE" if ssl_context.verify_mode == ssl.CERT_NONE else "CERT_REQUIRED"
 
 
 class SharedContextAdapter(HTTPAdapter):
@@ -362,9 +368,7 @@ class SharedContextAdapter(HTTPAdapter):
     def __init__(self, ssl_context: ssl.SSLContext, fingerprint: str | None = None) -> None:
         self._ssl_context = ssl_context
         self._fingerprint = fingerprint
-        self._cert_reqs: Literal["CERT_REQUIRED", "CERT_NONE"] = (
-            "CERT_NONE" if ssl_context.verify_mode == ssl.CERT_NONE else "CERT_REQUIRED"
-        )
+        self._cert_reqs = _cert_reqs(ssl_context)
         super().__init__(pool_connections=1, pool_maxsize=4, max_retries=0)
 
     def init_poolmanager(
