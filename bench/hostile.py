@@ -355,7 +355,7 @@ def run(size: Size, workdir: Path, report: Report) -> None:
         daemon.PollScheduler = TimedScheduler  # type: ignore[misc]  # the timing probe of _agent_worker
         agent = Agent(config)
         # the hostile devices' first exports right after their first good poll: a fleet of over
-        # ten devices spreads first exports at ~1/s, and this run must reach every hostile export
+        # 40 devices spreads first exports at ~1/s, and this run must reach every hostile export
         # (the healthy devices' exports stay spread, as in `hezo-agent run`)
         spread, hostile_ids = agent._first_export_delay, {ids[name] for name in HTTP_CASES}
         agent._first_export_delay = (  # type: ignore[method-assign]

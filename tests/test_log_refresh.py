@@ -91,7 +91,7 @@ def fleet_agent(tmp_path: Path, n: int) -> Agent:
 
 
 def test_a_small_site_exports_logs_on_the_first_poll(tmp_path: Path) -> None:
-    agent = fleet_agent(tmp_path, 10)
+    agent = fleet_agent(tmp_path, 40)
     try:
         assert {agent._first_export_delay(d.id) for d in agent.config.devices} == {timedelta(0)}
     finally:
