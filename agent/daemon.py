@@ -27,6 +27,7 @@ import platformdirs
 from agent.bundle_pack import redact_export
 from agent.clock import Clock, SystemClock
 from agent.config_baseline import BaselineStore, ConfigWatch
+from agent.fdlimit import open_files_for, raise_open_files_limit
 from agent.finding_tracker import FindingTracker
 from agent.finding_watch import FindingWatch
 from agent.flapping import PROBLEM_FLAPPING, FlapStarted, FlapState, FlapStopped, flap_step, replay
@@ -250,6 +251,7 @@ class Agent:
             dev.id: self.store.load_state(dev.id) or DeviceState.initial() for dev in config.devices
         }
         self._collectors: dict[str, Collector] = {}
+        self._keep_alive_s = self._connection_keeping(config)
         self._collector_factory = collector_factory
         self._collectors_lock = threading.Lock()
         self.last_outcomes: dict[str, PollOutcome] = {}
@@ -287,6 +289,25 @@ class Agent:
         return passwords
 
     @staticmethod
+    def _connection_keeping(config: AgentConfig) -> float:
+        """``agent.keep_alive_s``, once the open-files limit has room for a kept socket per device
+        (raised if need be); 0 (close after every poll) when the limit cannot be raised enough."""
+        keep = config.agent.keep_alive_s
+        if keep <= 0:
+            return 0.0
+        wanted = open_files_for(len(config.devices))
+        limit = raise_open_files_limit(wanted)
+        if limit is not None and limit < wanted:
+            log.warning(
+                "event=keep_alive_off reason=open_files_limit limit=%d wanted=%d devices=%d",
+                limit,
+                wanted,
+                len(config.devices),
+            )
+            return 0.0
+        return keep
+
+    @staticmethod
     def _load_profiles(config: AgentConfig) -> dict[str, Profile]:
         search = [config.agent.profiles_dir] if config.agent.profiles_dir else []
         loaded: dict[str, Profile] = {}  # each profile read once, not once per device
@@ -313,6 +334,7 @@ class Agent:
                     max_log_bytes=self.config.agent.max_log_bytes,
                     known_hosts=self.known_hosts,
                     ymcs=self.ymcs,
+                    keep_alive_s=self._keep_alive_s,
                 )
                 self._collectors[device_id] = found
             return found

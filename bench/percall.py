@@ -1,10 +1,11 @@
 """CPU per poll, in-process: a quick A/B probe for the transports (print only, records nothing).
 
-``python bench/percall.py [--devices 50] [--rounds 20] [--workers 4]``
+``python bench/percall.py [--devices 50] [--rounds 20] [--workers 4] [--keep-alive S]``
 
 ``hezo-sim run`` serves the fleet from its own process (its CPU is not counted); this process
 builds each device's collector exactly as the agent does (:func:`collectors.registry.build_collector`,
-one shared pin file), polls every device once to pin and log in (not counted), then polls every
+one shared pin file, connections kept between polls for ``--keep-alive`` seconds, the agent's
+default unless given), polls every device once to pin and log in (not counted), then polls every
 device ``rounds`` times and prints this process's CPU (``time.process_time``) per poll. Compare two
 runs taken close together: the machine may be shared.
 """
@@ -28,7 +29,9 @@ from collectors.registry import build_collector
 from config.loader import load_config, load_profile, profile_name, resolve_password
 
 
-def collectors_for(sim: SimProcess, workdir: Path, timeout_s: float) -> list[Collector]:
+def collectors_for(
+    sim: SimProcess, workdir: Path, timeout_s: float, keep_alive_s: float | None = None
+) -> list[Collector]:
     """Build every simulated device's collector as the agent does."""
     config = load_config(sim.write_config(workdir / "percall.yaml", workdir / "data", timeout_s=timeout_s))
     folder = workdir / "data"
@@ -44,6 +47,7 @@ def collectors_for(sim: SimProcess, workdir: Path, timeout_s: float) -> list[Col
             max_response_bytes=2_000_000,
             max_log_bytes=50_000_000,
             known_hosts=known,
+            keep_alive_s=config.agent.keep_alive_s if keep_alive_s is None else keep_alive_s,
         )
         for dev in config.devices
     ]
@@ -83,13 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--workers", type=int, default=4, help="polls at once (the agent polls in a pool too)")
     p.add_argument("--timeout", type=float, default=5.0, help="agent.timeout_s")
+    p.add_argument("--keep-alive", type=float, help="agent.keep_alive_s (default: the agent's; 0: close)")
     args = p.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="hezo-bench-percall-"))
     sim = SimProcess(workdir, args.devices, net=213)
     collectors: list[Collector] = []
     try:
         sim.wait_ready()
-        collectors = collectors_for(sim, workdir, args.timeout)
+        collectors = collectors_for(sim, workdir, args.timeout, args.keep_alive)
         with ThreadPoolExecutor(max_workers=args.workers, thread_name_prefix="percall") as pool:
             failed_warm = poll_round(pool, collectors)  # first contact: pins, logins
             cpu0, wall0 = time.process_time(), time.monotonic()

@@ -70,10 +70,12 @@ def build_collector(
     clock: Callable[[], datetime] | None = None,
     known_hosts: KnownHosts | None = None,
     ymcs: YmcsAccount | None = None,
+    keep_alive_s: float = 0.0,
 ) -> Collector:
     """Build the driver ``profile.driver`` names for ``device`` (``clock`` stamps samples, default UTC now).
 
-    ``ymcs`` is the account's shared YMCS access, for devices that opt in to the ``ymcs`` channel.
+    ``ymcs`` is the account's shared YMCS access, for devices that opt in to the ``ymcs`` channel;
+    ``keep_alive_s`` keeps the device's connection open between polls (0: closed after each).
 
     Raises:
         UnknownDriver: (a KeyError) the profile's driver is not registered; the message lists those that are.
@@ -95,6 +97,7 @@ def build_collector(
         max_response_bytes=max_response_bytes,
         max_log_bytes=max_log_bytes,
         clock=clock,
+        keep_alive_s=keep_alive_s,
     )
     probes = build_probes(device, profile, known_hosts=known_hosts, ymcs=ymcs)
     if not probes:

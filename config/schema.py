@@ -105,6 +105,9 @@ class AgentSettings(Strict):
     log_refresh_s: float = Field(
         default=900.0, gt=0, description="how often the last collected log is refreshed"
     )
+    keep_alive_s: float = Field(
+        default=90.0, ge=0, le=3600, description="a device's connection stays open this long between polls"
+    )
     max_response_bytes: int = Field(default=2_000_000, ge=1024, le=1_000_000_000)
     max_log_bytes: int = Field(default=50_000_000, ge=1024, le=10_000_000_000)
     language: Literal["pl", "en"] = "pl"

@@ -527,3 +527,136 @@ def test_a_certificate_swapped_under_the_same_ticket_key_is_caught_at_the_next_f
         _poll(t)
     assert swapped.sha256[:16] in str(caught.value)  # a full handshake showed the new certificate
     assert (t.tls.full, t.tls.resumed) == (1, 1) and t.tls.offer() is None
+
+
+# --- connections kept between polls (keep_alive_s) -------------------------------------------------
+
+
+def _kept(port: int, clock: FakeClock | None = None, keep_alive_s: float = 90.0) -> HttpTransport:
+    return HttpTransport(
+        host="127.0.0.1", port=port, scheme="https", tls_mode="insecure", pins=None,
+        connect_timeout_s=2, read_timeout_s=2, max_bytes=100_000, keep_alive_s=keep_alive_s,
+        monotonic=(clock or FakeClock()).monotonic,
+    )  # fmt: skip
+
+
+def _poll_kept(t: HttpTransport, path: str = "/") -> tuple[int, float | None]:
+    """One poll's worth as the driver does it: a request, then release(); (status, connect_ms)."""
+    try:
+        resp = t.request("GET", path)
+        return resp.status, resp.connect_ms
+    finally:
+        t.release()
+
+
+def keep_answering(limit: int = 20) -> Handler:
+    """A handler answering every request of its connection (up to ``limit``) until the client closes."""
+
+    def handle(conn: socket.socket, server: Server) -> None:
+        server.accepted = getattr(server, "accepted", 0) + 1
+        for _ in range(limit):
+            if not server.read_request(conn).strip():
+                return  # the client closed the connection
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+
+    return handle
+
+
+def test_a_kept_connection_serves_the_next_polls_without_a_new_handshake(serve, certs) -> None:
+    server = serve(keep_answering(), certs["one"][0])
+    t = _kept(server.port)
+    polls = [_poll_kept(t) for _ in range(3)]
+    assert [status for status, _ in polls] == [200] * 3
+    assert polls[0][1] is not None and polls[1][1] is None and polls[2][1] is None  # no connect: reused
+    assert (t.tls.full, server.accepted) == (1, 1)
+
+
+def test_with_keep_alive_off_every_poll_opens_its_own_connection(serve, certs) -> None:
+    server = serve(keep_answering(), certs["one"][0])
+    t = _kept(server.port, keep_alive_s=0)
+    assert [_poll_kept(t)[0] for _ in range(3)] == [200] * 3
+    assert (t.tls.full, server.accepted) == (3, 3)
+
+
+def test_a_connection_idle_longer_than_keep_alive_s_is_closed_and_replaced(serve, certs) -> None:
+    server = serve(keep_answering(), certs["one"][0])
+    clock = FakeClock()
+    t = _kept(server.port, clock, keep_alive_s=90)
+    assert _poll_kept(t)[0] == 200
+    clock.advance(90)
+    assert _poll_kept(t)[1] is None  # 90 s idle: still kept
+    clock.advance(90.5)
+    status, connect_ms = _poll_kept(t)
+    assert status == 200 and connect_ms is not None
+    assert (t.tls.full, server.accepted) == (2, 2)
+
+
+def test_a_kept_connection_the_device_has_closed_is_replaced_before_use(serve, certs) -> None:
+    server = serve(answer(body=b"{}"), certs["one"][0])  # one answer per connection, then it closes
+    t = _kept(server.port)
+    assert _poll_kept(t)[0] == 200
+    deadline = time.monotonic() + 5
+    while not any(not th.is_alive() for th in server._threads) and time.monotonic() < deadline:
+        server.stop.wait(0.01)  # the server has closed its side of the first connection
+    status, connect_ms = _poll_kept(t)
+    assert status == 200 and connect_ms is not None
+    assert server.received.count(b"GET / HTTP/1.1") == 2  # nothing was sent on the closed one
+
+
+def test_a_kept_connection_closed_as_the_request_goes_out_is_retried_once_on_a_new_one(
+    serve, certs
+) -> None:
+    """The race no check can rule out: the device closes its idle connection just as the next
+    poll's request arrives. The request goes out once more, on a new connection."""
+
+    def close_on_the_second_request(conn: socket.socket, server: Server) -> None:
+        server.accepted = getattr(server, "accepted", 0) + 1
+        first_connection = server.accepted == 1
+        for n in range(20):
+            if not server.read_request(conn).strip():
+                return
+            if first_connection and n == 1:
+                return  # read the request, then close without a word
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+
+    server = serve(close_on_the_second_request, certs["one"][0])
+    t = _kept(server.port)
+    assert _poll_kept(t, "/one")[0] == 200
+    status, connect_ms = _poll_kept(t, "/two")
+    assert status == 200 and connect_ms is not None
+    assert server.received.count(b"GET /two HTTP/1.1") == 2 and server.accepted == 2
+
+
+def test_a_kept_connection_that_goes_silent_times_out_once_and_is_not_retried(serve, certs) -> None:
+    def silent_after_the_first_answer(conn: socket.socket, server: Server) -> None:
+        server.accepted = getattr(server, "accepted", 0) + 1
+        server.read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        hang(conn, server)
+
+    server = serve(silent_after_the_first_answer, certs["one"][0])
+    t = HttpTransport(
+        host="127.0.0.1", port=server.port, scheme="https", tls_mode="insecure", pins=None,
+        connect_timeout_s=0.3, read_timeout_s=0.3, max_bytes=100_000, keep_alive_s=90,
+    )  # fmt: skip
+    assert _poll_kept(t)[0] == 200
+    started = time.monotonic()
+    with pytest.raises(DeviceTimeout):
+        _poll_kept(t, "/two")
+    assert time.monotonic() - started < 2.0  # one timeout, not two
+    assert server.accepted == 1
+
+
+def test_a_device_resetting_new_connections_is_not_retried(serve, certs) -> None:
+    """Only a request on a KEPT connection is retried: a reset during a new connection's
+    handshake is the device's answer, reported as it is."""
+
+    def reset(conn: socket.socket, server: Server) -> None:
+        server.accepted = getattr(server, "accepted", 0) + 1
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+    server = serve(reset)  # plain TCP that resets: the TLS handshake fails
+    t = _kept(server.port)
+    with pytest.raises(DeviceUnreachable):
+        _poll_kept(t)
+    assert server.accepted == 1

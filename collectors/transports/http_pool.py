@@ -181,6 +181,8 @@ class Deadline:
         self.fired = False
         self.done = False
         self.connect_ms: float | None = None
+        #: a new connection was begun under this deadline (else the request went out on a kept one)
+        self.opened = False
         self._conns: list[HTTPConnection] = []
         self._lock = threading.Lock()
 
@@ -271,6 +273,7 @@ def _current() -> Deadline | None:
 def _watched_connect(conn: HTTPConnection, connect: Callable[[], None]) -> None:
     deadline = _current()
     if deadline is not None:
+        deadline.opened = True
         deadline.track(conn)
     started = time.perf_counter()
     connect()

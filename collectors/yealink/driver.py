@@ -73,8 +73,10 @@ class YealinkHttpCollector(Collector):
         max_log_bytes: int = 50_000_000,
         clock: Callable[[], datetime] | None = None,
         log_timeout_s: float = 300.0,
+        keep_alive_s: float = 0.0,
     ) -> None:
-        """Prepare the driver (no network traffic yet).
+        """Prepare the driver (no network traffic yet); ``keep_alive_s`` keeps the device's
+        connection open from one poll to the next (see :class:`HttpTransport`).
 
         Raises:
             ValueError: the profile asks for token auth but names no login endpoint.
@@ -94,6 +96,7 @@ class YealinkHttpCollector(Collector):
             connect_timeout_s=timeout_s,
             read_timeout_s=timeout_s,
             max_bytes=max_response_bytes,
+            keep_alive_s=keep_alive_s,
         )
         self._label = self._transport.label
         self._max_log_bytes = max_log_bytes
@@ -117,7 +120,7 @@ class YealinkHttpCollector(Collector):
         try:
             answers = self._fetch(IDENTITY_FIELDS, steps)
         finally:
-            self._transport.close_idle()
+            self._transport.release()
         return self._facts(answers)
 
     def collect_health(self) -> HealthSample:
@@ -132,7 +135,7 @@ class YealinkHttpCollector(Collector):
         try:
             answers = self._fetch(HEALTH_FIELDS, steps)
         finally:
-            self._transport.close_idle()  # no idle sockets between polls (fd limits at 1,000 devices)
+            self._transport.release()
         uptime = self._field("uptime_s", answers, required=True)
         call_state = self._field("call_state", answers, required=True)
         return HealthSample(
@@ -162,7 +165,7 @@ class YealinkHttpCollector(Collector):
         try:
             answers = self._fetch(("config",), steps)
         finally:
-            self._transport.close_idle()
+            self._transport.release()
         config = self._field("config", answers, required=True)
         if not isinstance(config, dict):
             raise UnexpectedResponse(f"{self._label}: field config: {self._where('config')} is not an object")
@@ -198,7 +201,7 @@ class YealinkHttpCollector(Collector):
                 steps,
             )
         finally:
-            self._transport.close_idle()
+            self._transport.release()
         self._require_gzip(dest, endpoint.path)
         return LogBundle(
             device_id=self.device_id,
