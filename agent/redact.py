@@ -79,6 +79,24 @@ _TRIGGER = re.compile(
 assert "\\" not in _TRIGGER.pattern  # casefolding the pattern text is safe only without escapes
 
 
+def _anchors(pattern: str) -> tuple[str, ...]:
+    """For each alternative of ``pattern`` (plain text, ``[...]`` classes and ``?`` only), its
+    longest run of plain text: every match of the alternative contains it. So a text without
+    any of them holds no match, which ``in`` tells far faster than the regex."""
+    found: list[str] = []
+    for alt in pattern.split("|"):
+        bare = re.sub(r"\[[^\]]*\]\??|.\?", " ", alt)  # what may be absent or vary becomes a gap
+        if re.search(r"[][(){}*+.^$?]", bare):
+            raise ValueError(f"cannot take a plain-text anchor from {alt!r}")
+        found.append(max(bare.split(), key=len))
+    # a text holding "password" holds "pass": keep only anchors that hold no other one
+    return tuple(a for a in dict.fromkeys(found) if not any(b != a and b in a for b in found))
+
+
+#: one plain-text piece of each trigger alternative (``in`` on a block before the regex)
+_TRIGGER_ANCHORS = _anchors(_TRIGGER.pattern)
+
+
 Rule = tuple[re.Pattern[str], Callable[[re.Match[str]], str]]
 
 
@@ -101,6 +119,15 @@ def _block_patterns(extras: tuple[re.Pattern[str], ...]) -> tuple[re.Pattern[str
         None if _LINE_BOUND.search(p.pattern) else re.compile(p.pattern, p.flags | re.MULTILINE)
         for p in extras
     )
+
+
+def _split_lines(text: str) -> list[str]:
+    """``text`` cut after every newline, as a binary file's ``readlines`` cuts it."""
+    parts = text.split("\n")
+    lines = [part + "\n" for part in parts[:-1]]
+    if parts[-1]:
+        lines.append(parts[-1])
+    return lines
 
 
 def secret_key(name: str) -> bool:
@@ -354,8 +381,10 @@ class Redactor:
             pem = _PemState()  # one pass: a key block may span any length
             with Path(src).open("rb") as fin, tmp.open("wb") as fout:
                 while block := fin.readlines(BLOCK_BYTES):
-                    lines = [raw.decode("utf-8", "surrogateescape") for raw in block]
-                    masked += self._write_spans(lines, 0, len(lines), pem, fout)
+                    # whole lines: a UTF-8 sequence never spans a newline, so one decode equals
+                    # decoding line by line
+                    text = b"".join(block).decode("utf-8", "surrogateescape")
+                    masked += self._write_block(text, pem, fout)
             tmp.replace(dst)
             return FileRedaction("text", masked, Path(dst).stat().st_size)
         data = Path(src).read_bytes()
@@ -368,6 +397,65 @@ class Redactor:
         new = self.mask_literals_bytes(data)
         Path(dst).write_bytes(new)
         return FileRedaction("binary", int(new != data), len(new))
+
+    def _write_block(self, text: str, pem: _PemState, fout: BinaryIO) -> int:
+        """Write a block of whole lines masked; return how many lines changed.
+
+        One pass of each test over the whole block finds the lines that may hold a secret (those
+        a match touches); only they are masked one by one, the text between is written as it
+        is. Where that cannot be told from one pass (inside or at a private key marker, a site
+        pattern bound to line ends, casefolding that changes the text's length), the block's
+        lines are halved instead (:meth:`_write_spans`).
+        """
+        suspects = None if pem.in_key else self._suspect_lines(text)
+        if suspects is None:
+            lines = _split_lines(text)
+            changed, lo = 0, 0
+            while lo < len(lines) and pem.in_key:  # inside a key block: line by line until it ends
+                changed += self._write_line(lines[lo], pem, fout)
+                lo += 1
+            return changed + self._write_spans(lines, lo, len(lines), pem, fout)
+        changed, done = 0, 0
+        for start, end in suspects:
+            fout.write(text[done:start].encode("utf-8", "surrogateescape"))
+            for line in _split_lines(text[start:end]):
+                changed += self._write_line(line, pem, fout)
+            done = end
+        fout.write(text[done:].encode("utf-8", "surrogateescape"))
+        return changed
+
+    def _suspect_lines(self, text: str) -> list[tuple[int, int]] | None:
+        """The runs of whole lines of ``text`` that a trigger word, known literal or site pattern
+        touches, as sorted, disjoint (start, end) offsets (every other line is left as it is by
+        :meth:`_line`); None when one pass over the block cannot tell (see :meth:`_write_block`).
+
+        A match found over the block touches every line that holds a match of its own (leftmost
+        matches are reported, and one that overlaps another shares its line), so no line that
+        needs masking is missed; a match across lines marks them all.
+        """
+        if "PRIVATE KEY" in text or any(extra is None for extra in self._extra_block):
+            return None
+        folded = text.casefold()
+        if len(folded) != len(text):  # ß → ss and the like: positions would not map back
+            return None
+        spans: list[tuple[int, int]] = []
+        if any(anchor in folded for anchor in _TRIGGER_ANCHORS):
+            spans += [m.span() for m in _TRIGGER.finditer(folded)]
+        if self._literal_re is not None:
+            spans += [m.span() for m in self._literal_re.finditer(text)]
+        for extra in self._extra_block:
+            assert extra is not None  # checked above
+            spans += [m.span() for m in extra.finditer(text)]
+        runs: list[tuple[int, int]] = []
+        for a, b in sorted(spans):
+            start = text.rfind("\n", 0, a) + 1
+            newline = text.find("\n", max(a, b - 1))
+            end = len(text) if newline < 0 else newline + 1
+            if runs and start <= runs[-1][1]:
+                runs[-1] = (runs[-1][0], max(runs[-1][1], end))
+            else:
+                runs.append((start, end))
+        return runs
 
     def _write_spans(self, lines: list[str], lo: int, hi: int, pem: _PemState, fout: BinaryIO) -> int:
         """Write ``lines[lo:hi]`` masked; return how many lines changed.

@@ -272,6 +272,8 @@ _MIXED_LINES = [
     b"crlf line\r\n",
     b"bad \xff\xfe bytes\n",
     b"Authorization: Bearer abcdefghijklmnop\n",
+    b"room code Zq55roomCode shown\n",  # a known literal and no trigger word
+    b"SIP: Register Failed (Account 2)\n",  # a trigger word only once casefolded
 ]
 
 
@@ -281,12 +283,16 @@ _MIXED_LINES = [
     clean_run=st.integers(0, 400),
     block=st.sampled_from([1, 64, 4096, 256 * 1024]),
     last_newline=st.booleans(),
+    line_bound=st.booleans(),
 )
 def test_a_file_redacted_in_blocks_equals_line_by_line(
-    picks: list[int], clean_run: int, block: int, last_newline: bool
+    picks: list[int], clean_run: int, block: int, last_newline: bool, line_bound: bool
 ) -> None:
-    """The whole-block test may only skip lines the line-by-line rules would leave as they are."""
-    redactor = Redactor([DEVICE_PASSWORD], [SITE_PATTERN, r"^Token \w+", r"\Acrlf"])
+    """The whole-block tests may only skip lines the line-by-line rules would leave as they are:
+    with a site pattern bound to line ends (blocks are halved), and without one (one pass over
+    each block finds the lines to mask)."""
+    patterns = [SITE_PATTERN, r"^Token \w+", *([r"\Acrlf"] if line_bound else [])]
+    redactor = Redactor([DEVICE_PASSWORD, "Zq55roomCode"], patterns)
     lines = [_MIXED_LINES[0]] * clean_run + [_MIXED_LINES[i] for i in picks] + [_MIXED_LINES[1]] * clean_run
     data = b"".join(lines)
     if not last_newline and data.endswith(b"\n"):
@@ -301,3 +307,44 @@ def test_a_file_redacted_in_blocks_equals_line_by_line(
             done = redactor.redact_file(path, path)
         assert path.read_bytes() == expected
         assert done.masked_lines == sum(1 for line, out in pairs if line != out)
+
+
+def test_a_site_pattern_matching_across_lines_has_every_line_it_touches_masked_one_by_one(
+    tmp_path: Path,
+) -> None:
+    """Over the joined lines the leftmost match runs from the first line into the second and
+    swallows the second line's own match: the second line must still be masked, as line by line."""
+    redactor = Redactor([], [r"Qq[^;]*;"])
+    data = b"ok\nQq start\nQq; end\nok\n"
+    path = tmp_path / "app.log"
+    path.write_bytes(data)
+    done = redactor.redact_file(path, path)
+    assert path.read_bytes() == f"ok\nQq start\n{MASK} end\nok\n".encode()
+    assert done.masked_lines == 1
+
+
+def test_a_secret_written_in_capitals_is_found_in_a_file_of_clean_lines(tmp_path: Path) -> None:
+    """The block test looks for trigger words in the casefolded text, as the line rules do."""
+    redactor = Redactor([], [])
+    secret_line = "AUTHORIZATION: BASIC QWxhZGRpbjpvcGVuU2VzYW1l\n"
+    path = tmp_path / "app.log"
+    path.write_text("INFO ok\n" + secret_line + "INFO ok\n", encoding="utf-8")
+    assert redactor.redact_file(path, path).masked_lines == 1
+    assert path.read_text(encoding="utf-8") == "INFO ok\n" + redactor.redact(secret_line) + "INFO ok\n"
+    assert "QWxhZGRpbjpvcGVuU2VzYW1l" not in path.read_text(encoding="utf-8")
+
+
+def test_trigger_anchors_are_plain_text_and_a_regex_they_cannot_cover_is_refused() -> None:
+    assert redact_module._anchors("ab[_-]?cdef|x?yz|gh[pou]_|password|pass") == ("cdef", "yz", "gh", "pass")
+    with pytest.raises(ValueError, match="plain-text anchor"):
+        redact_module._anchors("a+b|c")
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_every_match_of_the_trigger_words_holds_one_of_their_anchors(data: st.DataObject) -> None:
+    """A block without any anchor is skipped by the trigger regex: that is safe only if every
+    string any alternative can match holds an anchor."""
+    alternative = data.draw(st.sampled_from(redact_module._TRIGGER.pattern.split("|")))
+    text = data.draw(st.from_regex(alternative, fullmatch=True))
+    assert any(anchor in text for anchor in redact_module._TRIGGER_ANCHORS), (alternative, text)
