@@ -291,9 +291,17 @@ class Agent:
     @staticmethod
     def _connection_keeping(config: AgentConfig) -> float:
         """``agent.keep_alive_s``, once the open-files limit has room for a kept socket per device
-        (raised if need be); 0 (close after every poll) when the limit cannot be raised enough."""
+        (raised if need be); 0 (close after every poll) when the limit cannot be raised enough,
+        or when polls come further apart than that: a kept connection would never be reused."""
         keep = config.agent.keep_alive_s
         if keep <= 0:
+            return 0.0
+        if config.agent.poll_interval_s > keep:
+            log.info(
+                "event=keep_alive_off reason=poll_interval poll_interval_s=%g keep_alive_s=%g",
+                config.agent.poll_interval_s,
+                keep,
+            )
             return 0.0
         wanted = open_files_for(len(config.devices))
         limit = raise_open_files_limit(wanted)

@@ -101,3 +101,17 @@ print(raise_open_files_limit({wanted}), resource.getrlimit(resource.RLIMIT_NOFIL
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
     ).stdout.split("\n")
     assert out[:3] == [f"{wanted} {wanted}", f"{wanted}", "1000 1000"]  # raised; kept; capped by hard
+
+
+def test_keep_alive_is_off_when_polls_come_further_apart_than_it(
+    fleet_factory: Callable[..., Fleet], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fleet = fleet_factory(devices=1)
+    path = fleet.write_agent_config(tmp_path / "agent.yaml", data_dir=tmp_path / "data", poll_interval_s=120)
+    with caplog.at_level(logging.INFO, logger="hezo.agent"):
+        agent = Agent(load_config(path), clock=FakeClock())
+    try:
+        assert "event=keep_alive_off reason=poll_interval poll_interval_s=120 keep_alive_s=90" in caplog.text
+        assert agent._keep_alive_s == 0
+    finally:
+        agent.stop()
