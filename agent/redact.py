@@ -410,11 +410,7 @@ class Redactor:
         suspects = None if pem.in_key else self._suspect_lines(text)
         if suspects is None:
             lines = _split_lines(text)
-            changed, lo = 0, 0
-            while lo < len(lines) and pem.in_key:  # inside a key block: line by line until it ends
-                changed += self._write_line(lines[lo], pem, fout)
-                lo += 1
-            return changed + self._write_spans(lines, lo, len(lines), pem, fout)
+            return self._write_spans(lines, 0, len(lines), pem, fout)
         changed, done = 0, 0
         for start, end in suspects:
             fout.write(text[done:start].encode("utf-8", "surrogateescape"))

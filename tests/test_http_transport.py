@@ -53,6 +53,7 @@ class Server:
         self.sock = socket.create_server(("127.0.0.1", port))
         self.port = self.sock.getsockname()[1]
         self.received = bytearray()
+        self.accepted = 0  # connections accepted so far
         self.stop = threading.Event()
         self._threads: list[threading.Thread] = []
         threading.Thread(target=self._accept, daemon=True).start()
@@ -63,6 +64,7 @@ class Server:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            self.accepted += 1
             thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
             self._threads.append(thread)
             thread.start()
@@ -163,6 +165,8 @@ def transport(
     timeout_s: float = 2.0,
     max_bytes: int = 100_000,
     total_s: float | None = None,
+    keep_alive_s: float = 0.0,
+    clock: FakeClock | None = None,
 ) -> HttpTransport:
     return HttpTransport(
         host="127.0.0.1",
@@ -174,6 +178,8 @@ def transport(
         read_timeout_s=timeout_s,
         max_bytes=max_bytes,
         total_timeout_s=total_s,
+        keep_alive_s=keep_alive_s,
+        monotonic=clock.monotonic if clock is not None else time.monotonic,
     )
 
 
@@ -532,14 +538,6 @@ def test_a_certificate_swapped_under_the_same_ticket_key_is_caught_at_the_next_f
 # --- connections kept between polls (keep_alive_s) -------------------------------------------------
 
 
-def _kept(port: int, clock: FakeClock | None = None, keep_alive_s: float = 90.0) -> HttpTransport:
-    return HttpTransport(
-        host="127.0.0.1", port=port, scheme="https", tls_mode="insecure", pins=None,
-        connect_timeout_s=2, read_timeout_s=2, max_bytes=100_000, keep_alive_s=keep_alive_s,
-        monotonic=(clock or FakeClock()).monotonic,
-    )  # fmt: skip
-
-
 def _poll_kept(t: HttpTransport, path: str = "/") -> tuple[int, float | None]:
     """One poll's worth as the driver does it: a request, then release(); (status, connect_ms)."""
     try:
@@ -553,7 +551,6 @@ def keep_answering(limit: int = 20) -> Handler:
     """A handler answering every request of its connection (up to ``limit``) until the client closes."""
 
     def handle(conn: socket.socket, server: Server) -> None:
-        server.accepted = getattr(server, "accepted", 0) + 1
         for _ in range(limit):
             if not server.read_request(conn).strip():
                 return  # the client closed the connection
@@ -564,7 +561,7 @@ def keep_answering(limit: int = 20) -> Handler:
 
 def test_a_kept_connection_serves_the_next_polls_without_a_new_handshake(serve, certs) -> None:
     server = serve(keep_answering(), certs["one"][0])
-    t = _kept(server.port)
+    t = transport(server.port, keep_alive_s=90)
     polls = [_poll_kept(t) for _ in range(3)]
     assert [status for status, _ in polls] == [200] * 3
     assert polls[0][1] is not None and polls[1][1] is None and polls[2][1] is None  # no connect: reused
@@ -573,7 +570,7 @@ def test_a_kept_connection_serves_the_next_polls_without_a_new_handshake(serve, 
 
 def test_with_keep_alive_off_every_poll_opens_its_own_connection(serve, certs) -> None:
     server = serve(keep_answering(), certs["one"][0])
-    t = _kept(server.port, keep_alive_s=0)
+    t = transport(server.port, keep_alive_s=0)
     assert [_poll_kept(t)[0] for _ in range(3)] == [200] * 3
     assert (t.tls.full, server.accepted) == (3, 3)
 
@@ -581,7 +578,7 @@ def test_with_keep_alive_off_every_poll_opens_its_own_connection(serve, certs) -
 def test_a_connection_idle_longer_than_keep_alive_s_is_closed_and_replaced(serve, certs) -> None:
     server = serve(keep_answering(), certs["one"][0])
     clock = FakeClock()
-    t = _kept(server.port, clock, keep_alive_s=90)
+    t = transport(server.port, keep_alive_s=90, clock=clock)
     assert _poll_kept(t)[0] == 200
     clock.advance(90)
     assert _poll_kept(t)[1] is None  # 90 s idle: still kept
@@ -593,7 +590,7 @@ def test_a_connection_idle_longer_than_keep_alive_s_is_closed_and_replaced(serve
 
 def test_a_kept_connection_the_device_has_closed_is_replaced_before_use(serve, certs) -> None:
     server = serve(answer(body=b"{}"), certs["one"][0])  # one answer per connection, then it closes
-    t = _kept(server.port)
+    t = transport(server.port, keep_alive_s=90)
     assert _poll_kept(t)[0] == 200
     deadline = time.monotonic() + 5
     while not any(not th.is_alive() for th in server._threads) and time.monotonic() < deadline:
@@ -610,7 +607,6 @@ def test_a_kept_connection_closed_as_the_request_goes_out_is_retried_once_on_a_n
     poll's request arrives. The request goes out once more, on a new connection."""
 
     def close_on_the_second_request(conn: socket.socket, server: Server) -> None:
-        server.accepted = getattr(server, "accepted", 0) + 1
         first_connection = server.accepted == 1
         for n in range(20):
             if not server.read_request(conn).strip():
@@ -620,7 +616,7 @@ def test_a_kept_connection_closed_as_the_request_goes_out_is_retried_once_on_a_n
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
 
     server = serve(close_on_the_second_request, certs["one"][0])
-    t = _kept(server.port)
+    t = transport(server.port, keep_alive_s=90)
     assert _poll_kept(t, "/one")[0] == 200
     status, connect_ms = _poll_kept(t, "/two")
     assert status == 200 and connect_ms is not None
@@ -629,16 +625,12 @@ def test_a_kept_connection_closed_as_the_request_goes_out_is_retried_once_on_a_n
 
 def test_a_kept_connection_that_goes_silent_times_out_once_and_is_not_retried(serve, certs) -> None:
     def silent_after_the_first_answer(conn: socket.socket, server: Server) -> None:
-        server.accepted = getattr(server, "accepted", 0) + 1
         server.read_request(conn)
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
         hang(conn, server)
 
     server = serve(silent_after_the_first_answer, certs["one"][0])
-    t = HttpTransport(
-        host="127.0.0.1", port=server.port, scheme="https", tls_mode="insecure", pins=None,
-        connect_timeout_s=0.3, read_timeout_s=0.3, max_bytes=100_000, keep_alive_s=90,
-    )  # fmt: skip
+    t = transport(server.port, timeout_s=0.3, keep_alive_s=90)
     assert _poll_kept(t)[0] == 200
     started = time.monotonic()
     with pytest.raises(DeviceTimeout):
@@ -652,11 +644,10 @@ def test_a_device_resetting_new_connections_is_not_retried(serve, certs) -> None
     handshake is the device's answer, reported as it is."""
 
     def reset(conn: socket.socket, server: Server) -> None:
-        server.accepted = getattr(server, "accepted", 0) + 1
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
 
     server = serve(reset)  # plain TCP that resets: the TLS handshake fails
-    t = _kept(server.port)
+    t = transport(server.port, keep_alive_s=90)
     with pytest.raises(DeviceUnreachable):
         _poll_kept(t)
     assert server.accepted == 1

@@ -19,8 +19,9 @@ from config.loader import load_config
 from simulator.fleet import Fleet
 
 
-def make_agent(fleet: Fleet, tmp_path: Path, clock: FakeClock) -> Agent:
-    path = fleet.write_agent_config(tmp_path / "agent.yaml", data_dir=tmp_path / "data", timeout_s=2.0)
+def make_agent(fleet: Fleet, tmp_path: Path, clock: FakeClock, **settings: float) -> Agent:
+    options = {"timeout_s": 2.0, **settings}
+    path = fleet.write_agent_config(tmp_path / "agent.yaml", data_dir=tmp_path / "data", **options)
     return Agent(load_config(path), clock=clock)
 
 
@@ -107,9 +108,8 @@ def test_keep_alive_is_off_when_polls_come_further_apart_than_it(
     fleet_factory: Callable[..., Fleet], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     fleet = fleet_factory(devices=1)
-    path = fleet.write_agent_config(tmp_path / "agent.yaml", data_dir=tmp_path / "data", poll_interval_s=120)
     with caplog.at_level(logging.INFO, logger="hezo.agent"):
-        agent = Agent(load_config(path), clock=FakeClock())
+        agent = make_agent(fleet, tmp_path, FakeClock(), poll_interval_s=120)
     try:
         assert "event=keep_alive_off reason=poll_interval poll_interval_s=120 keep_alive_s=90" in caplog.text
         assert agent._keep_alive_s == 0
