@@ -90,6 +90,7 @@ class HttpReplay:
         self.logins = 0
         self.reject_tokens = 0  # answer 401 to this many authenticated requests
         self.overrides: dict[str, tuple[int, bytes]] = {}
+        self._open: list[socket.socket] = []  # client connections, for drop_connections()
         self._serve(tls, 0)
 
     def _serve(self, tls: ssl.SSLContext, port: int) -> None:
@@ -100,6 +101,7 @@ class HttpReplay:
 
             def setup(self) -> None:
                 self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle stalls
+                device._open.append(self.request)
                 super().setup()
 
             def do_GET(self) -> None:
@@ -159,6 +161,13 @@ class HttpReplay:
                 if name in self.answers:
                     return 200, json.dumps(self.answers[name]).encode()
         return 404, b"{}"
+
+    def drop_connections(self) -> None:
+        """Shut every client connection, as a device that reboots does (the server stays up)."""
+        for sock in self._open:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._open.clear()
 
     def paths(self) -> list[str]:
         """Paths requested so far, in order."""

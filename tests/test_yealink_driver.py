@@ -186,6 +186,61 @@ def test_answer_over_the_byte_cap_is_unexpected(device_for: Any) -> None:
         collector.collect_health()
 
 
+# --- identity over a kept connection ---------------------------------------------------------------
+
+
+def a30_paths() -> tuple[str, str, str]:
+    """The A30 profile's login, info and status paths."""
+    profile = load_profile(DEFAULT_PROFILE["A30"])
+    assert profile.auth.login is not None
+    return profile.auth.login.path, profile.endpoints["info"].path, profile.endpoints["status"].path
+
+
+def test_identity_is_asked_once_per_connection_and_again_on_the_next_one(device_for: Any) -> None:
+    answers = fixture_answers("A30")
+    fake, collector = device_for("A30", answers, keep_alive_s=90.0)
+    login, info, status = a30_paths()
+    samples = [collector.collect_health() for _ in range(3)]
+    assert fake.paths() == [login, info, status, status, status]
+    assert {s.facts.serial for s in samples} == {"8033A30J1234567"}
+    assert [c.check for c in samples[-1].checks] == ["tls", "status"]
+    assert samples[-1].checks[0].detail == "connection reused"
+    answers["info"]["data"]["serial"] = "8033A30J7654321"  # another bar in its place, or new firmware:
+    fake.drop_connections()  # either way the device's connections do not survive it
+    swapped = collector.collect_health()
+    assert swapped.facts.serial == "8033A30J7654321"
+    assert fake.paths()[5:] == [status, info]
+    assert [c.check for c in swapped.checks] == ["tls", "status", "info"]
+    answers["info"]["data"]["serial"] = "8033A30J0000001"
+    fake.drop_connections()
+    assert collector.collect_facts().serial == "8033A30J0000001"  # opens the next connection itself
+    assert collector.collect_health().facts.serial == "8033A30J0000001"  # over the one it left open
+    assert fake.paths()[7:] == [info, info, status]
+
+
+def test_identity_is_asked_again_after_fifteen_minutes_on_one_connection(device_for: Any) -> None:
+    answers = fixture_answers("A30")
+    now = [dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)]
+    fake, collector = device_for("A30", answers, keep_alive_s=90.0, clock=lambda: now[0])
+    _login, info, status = a30_paths()
+    first = collector.collect_health()
+    answers["info"]["data"]["hostname"] = "renamed-room"  # renamed without a reboot
+    seen = []
+    for minutes in (1, 14, 15):
+        now[0] = dt.datetime(2026, 11, 29, 12, minutes, tzinfo=dt.UTC)
+        seen.append(collector.collect_health().facts.hostname)
+    assert seen == [first.facts.hostname, first.facts.hostname, "renamed-room"]
+    assert fake.paths()[1:] == [info, status, status, status, info, status]
+
+
+def test_without_kept_connections_every_poll_asks_identity(device_for: Any) -> None:
+    fake, collector = device_for("A30", fixture_answers("A30"))  # keep_alive_s 0: closed after each poll
+    login, info, status = a30_paths()
+    for _ in range(3):
+        collector.collect_health()
+    assert fake.paths() == [login, info, status, info, status, info, status]
+
+
 # --- TLS identity ----------------------------------------------------------------------------------
 
 

@@ -238,6 +238,9 @@ class HttpTransport:
         self._pool: HTTPConnectionPool | None = None
         self._pin_used: tuple[str | None] | None = None  # the pin of the last pool (None: no pool yet)
         self._cert_seen: tuple[bytes, datetime | None] | None = None  # last peer DER and its notAfter
+        #: connections begun so far (kept ones are not counted again): an answer read while this
+        #: stayed the same came over a connection open since then, i.e. from the same boot of the device
+        self.connections_opened = 0
 
     @property
     def fingerprint(self) -> str | None:
@@ -358,6 +361,22 @@ class HttpTransport:
         if json is not None:
             body = jsonlib.dumps(json).encode("utf-8")
             sent.setdefault("Content-Type", "application/json")
+        try:
+            return self._send_once_or_twice(method, path, body, sent, deadline, source)
+        finally:
+            if deadline.opened:
+                with self._lock:
+                    self.connections_opened += 1
+
+    def _send_once_or_twice(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        sent: dict[str, str],
+        deadline: Deadline,
+        source: str,
+    ) -> Urllib3Response:
         for attempt in (1, 2):
             pool = self._device_pool()
             try:

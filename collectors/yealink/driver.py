@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -33,6 +34,24 @@ HEALTH_FIELDS: tuple[FieldKey, ...] = (
     *IDENTITY_FIELDS, "uptime_s", "call_state", "peripherals", "update_state"
 )
 _MISSING = object()
+#: identity is read again at least this often even over a connection open since it was read
+IDENTITY_REREAD = timedelta(minutes=15)
+
+
+@dataclass(frozen=True, slots=True)
+class _KnownIdentity:
+    """The answers of the identity-only endpoints, the connection count they were read at, and when."""
+
+    answers: dict[str, Any]
+    connections_opened: int
+    read_at: datetime
+
+
+def _identity_only_endpoints(profile: Profile) -> frozenset[str]:
+    """The endpoints a poll asks only for identity fields (the others answer health too)."""
+    asked = {key: profile.fields[key].endpoint for key in HEALTH_FIELDS if key in profile.fields}
+    health = {endpoint for key, endpoint in asked.items() if key not in IDENTITY_FIELDS}
+    return frozenset(asked.values()) - health
 
 
 class _Steps:
@@ -104,6 +123,8 @@ class YealinkHttpCollector(Collector):
         self._clock = clock or (lambda: datetime.now(UTC))
         self._token: str | None = None
         self._login_lock = threading.Lock()
+        self._identity_endpoints = _identity_only_endpoints(profile)
+        self._identity: _KnownIdentity | None = None
 
     def __repr__(self) -> str:
         return f"YealinkHttpCollector({self.device_id!r}, {self._label}, profile={self._profile.name})"
@@ -133,7 +154,7 @@ class YealinkHttpCollector(Collector):
         started = time.perf_counter()
         steps = self._steps()
         try:
-            answers = self._fetch(HEALTH_FIELDS, steps)
+            answers = self._fetch(HEALTH_FIELDS, steps, reuse_identity=True)
         finally:
             self._transport.release()
         uptime = self._field("uptime_s", answers, required=True)
@@ -236,20 +257,66 @@ class YealinkHttpCollector(Collector):
         now = self._clock()
         return now if now.tzinfo is not None else now.replace(tzinfo=UTC)
 
-    def _fetch(self, keys: tuple[FieldKey, ...], steps: _Steps) -> dict[str, Any]:
-        """GET each endpoint the mapped ``keys`` need, once each, in field order."""
+    def _fetch(
+        self, keys: tuple[FieldKey, ...], steps: _Steps, *, reuse_identity: bool = False
+    ) -> dict[str, Any]:
+        """GET each endpoint the mapped ``keys`` need, once each, in field order.
+
+        With ``reuse_identity`` an endpoint that holds only identity fields (model, firmware,
+        serial, MAC, hostname) is not asked again while the device's connection has stayed open
+        since it was (and for at most :data:`IDENTITY_REREAD`): what it said cannot have changed
+        without a reboot or another device in its place, and either breaks the connection. When
+        the poll had to open a new connection after all, it is asked again on that one.
+        """
         names: list[str] = []
         for key in keys:
             fmap = self._profile.fields.get(key)
             if fmap is not None and fmap.endpoint not in names:
                 names.append(fmap.endpoint)
+        reuse = reuse_identity and bool(self._identity_endpoints)
+        known = self._known_identity() if reuse else None
         answers: dict[str, Any] = {}
+        read_at: set[int] = set()  # the connection counts right after each identity answer
         for name in names:
-            resp = self._get(name, steps)
-            self._require_ok(resp)
-            answers[name] = resp.json()
-            steps.saw(resp, name)
+            if known is not None and name in known.answers:
+                continue
+            answers[name] = self._answer(name, steps)
+            if name in self._identity_endpoints:
+                read_at.add(self._transport.connections_opened)
+        if known is not None and self._transport.connections_opened != known.connections_opened:
+            known = None  # the poll had to open a new connection after all: ask again on it
+            for name in self._identity_endpoints:
+                answers[name] = self._answer(name, steps)
+                read_at.add(self._transport.connections_opened)
+        if known is not None:
+            answers.update(known.answers)
+        elif reuse:  # kept only if every identity answer came over one connection
+            self._identity = (
+                _KnownIdentity({n: answers[n] for n in self._identity_endpoints}, read_at.pop(), self._now())
+                if len(read_at) == 1
+                else None
+            )
         return answers
+
+    def _answer(self, name: str, steps: _Steps) -> Any:
+        resp = self._get(name, steps)
+        self._require_ok(resp)
+        answer = resp.json()
+        steps.saw(resp, name)
+        return answer
+
+    def _known_identity(self) -> _KnownIdentity | None:
+        """The identity answers still good for this poll: read over a connection open ever since
+        (none has been opened after them) and not longer than :data:`IDENTITY_REREAD` ago."""
+        known = self._identity
+        if (
+            known is None
+            or self._transport.keep_alive_s <= 0  # the connection closes after every poll
+            or known.connections_opened != self._transport.connections_opened
+            or not known.read_at <= self._now() < known.read_at + IDENTITY_REREAD
+        ):
+            return None
+        return known
 
     def _get(self, name: str, steps: _Steps) -> HttpResponse:
         endpoint = self._profile.endpoints[name]
