@@ -49,13 +49,9 @@ DUE: dict[str, float] = {}
 class TimedScheduler(PollScheduler):
     """The agent's scheduler, noting when each device's next poll is due."""
 
-    def _schedule(self, device_id: str, delay_s: float) -> None:
-        DUE[device_id] = time.monotonic() + max(0.0, delay_s)
-        super()._schedule(device_id, delay_s)
-
-    def poll_now(self, device_id: str) -> None:
-        DUE[device_id] = time.monotonic()
-        super().poll_now(device_id)
+    def _note_due(self, device_id: str, due_s: float) -> None:
+        DUE[device_id] = due_s
+        super()._note_due(device_id, due_s)
 
 
 def pull_logs(spec: dict[str, Any], t0: float, stop: threading.Event) -> dict[str, Any]:
