@@ -6,9 +6,10 @@ and Prometheus' ``blackbox_exporter`` (Debian package) probing the same devices 
 interval; this process plays Prometheus, asking the exporter for one probe per device per
 interval, spread evenly. CPU and RSS of the agent and of the exporter come from ``/proc``.
 
-A poll of the agent is the info and status endpoints over the device's kept HTTPS connection
-(a TLS handshake and a token login only when the connection or the token is new:
-``agent.keep_alive_s``) and the 6024 control API (what ``hezo-agent run`` does); a probe of the
+A poll of the agent is the status endpoint over the device's kept HTTPS connection (a TLS
+handshake, a token login and the identity endpoint only when the connection or the token is new:
+``agent.keep_alive_s``; identity at least every 15 minutes) and the 6024 control API (what
+``hezo-agent run`` does); a probe of the
 exporter is a new TLS connection and one GET (401 accepted): it connects anew every probe.
 The first interval (every device's first poll and first log export) is the warm-up; the steady
 figures are measured after it.
@@ -336,10 +337,11 @@ def summarize(
     report.add("missed polls", str(figs["missed"]), "0", figs["missed"] == 0)
     report.add("simulator CPU, steady (not the agent's)", f"{100 * s_cpu / s_wall:.1f} %")
     report.notes += [
-        "agent poll = info + status over the device's kept HTTPS connection (TLS and token login only "
-        "when the connection or token is new; agent.keep_alive_s 90 s) + 6024 API (`hezo-agent run`'s "
-        "own work); blackbox probe = a new TLS connection + one GET (401 accepted; the exporter "
-        "connects anew every probe); both every interval, same devices, same run",
+        "agent poll = status over the device's kept HTTPS connection (TLS, token login and the identity "
+        "endpoint only when the connection or token is new, identity at least every 15 min; "
+        "agent.keep_alive_s 90 s) + 6024 API (`hezo-agent run`'s own work); blackbox probe = a new TLS "
+        "connection + one GET (401 accepted; the exporter connects anew every probe); both every "
+        "interval, same devices, same run",
         f"the agent's figures exclude its in-process CPU profiler ({100 * profiler:.1f} % of a core, "
         "measured on its own thread)",
         "CPU and RSS from /proc of each process every 2 s; steady = after the first interval "
